@@ -1,0 +1,86 @@
+"""The settings tree. Every field is described; unknown keys are errors; no I/O happens here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HardwareSettings(_Section):
+    root: Path = Field(Path("/"), description="Filesystem root the hardware probe reads (for HIL and tests).")
+    profile: str | None = Field(
+        None, description="Force this hardware profile by name instead of matching the probe's report."
+    )
+    profiles_dir: Path | None = Field(
+        None, description="Directory of profile YAML files; default: the hw/ directory shipped with the code."
+    )
+
+
+class ModelsSettings(_Section):
+    store: Path | None = Field(
+        None,
+        description="Content-addressed model store; default /var/lib/appliance/models as root, "
+        "else $XDG_DATA_HOME/appliance/models.",
+    )
+    catalog: Path | None = Field(
+        None, description="Model catalog YAML; default: models/catalog.yaml shipped with the code."
+    )
+
+
+class RuntimeSettings(_Section):
+    compare_candidates: bool = Field(
+        False,
+        description="Try every candidate runtime that passes its smoke test, time a short warm-up "
+        "and keep the fastest (slower start-up); otherwise the first passing candidate wins.",
+    )
+    memory_budget_mb: int | None = Field(
+        None, gt=0, description="Override the profile's memory budget for resident models (MiB)."
+    )
+    threads: int | None = Field(
+        None, gt=0, le=256, description="Override the profile's inference thread count."
+    )
+
+
+class UpstreamSettings(_Section):
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible upstream tier (e.g. http://dc.example:8000/v1); off when unset."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key for the upstream tier (never logged).")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Per-request timeout for the upstream tier.")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+
+class Settings(BaseSettings):
+    """Effective configuration: defaults < TOML file < APPLIANCE_* environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APPLIANCE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    hw: HardwareSettings = Field(default_factory=HardwareSettings, description="Hardware probe.")
+    models: ModelsSettings = Field(default_factory=ModelsSettings, description="Model store and catalog.")
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Runtime selection.")
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings, description="Upstream tier.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The loader passes the TOML file's contents as init arguments; the environment wins over them.
+        return (env_settings, init_settings)
