@@ -12,13 +12,14 @@ import tomli_w
 from pydantic import SecretStr, ValidationError
 
 from appliance.config.settings import Settings
+from appliance.errors import ApplianceError
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
 MASK = "********"
 ENV_PREFIX = "APPLIANCE_"
 
 
-class ConfigError(Exception):
+class ConfigError(ApplianceError):
     """A configuration problem, already phrased for the person who has to fix it."""
 
 

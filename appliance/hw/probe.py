@@ -124,7 +124,8 @@ def _cpu(fs: _Fs, plat: dict[str, str]) -> Cpu:
         isa = fields["isa"]
         flags = _riscv_flags(isa)
     vendor = fields.get("vendor_id") or fields.get("mvendorid") or _arm_implementer(fields.get("CPU implementer"))
-    model_name = fields.get("model name") or fields.get("Model") or fields.get("uarch") or fields.get("Hardware")
+    model_name = (fields.get("model name") or fields.get("Model") or fields.get("uarch") or fields.get("Hardware")
+                  or _arm_cores(blocks))
     return Cpu(arch=arch, vendor=vendor, model_name=model_name, cores=cores, flags=sorted(set(flags)), isa=isa)
 
 
@@ -162,6 +163,23 @@ def _riscv_flags(isa: str) -> list[str]:
 def _arm_implementer(code: str | None) -> str | None:
     names = {"0x41": "ARM", "0x51": "Qualcomm", "0x61": "Apple", "0x4e": "NVIDIA", "0x48": "HiSilicon"}
     return names.get((code or "").lower(), code)
+
+
+_ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76",
+              "0xd41": "Cortex-A78", "0xd42": "Cortex-A78AE", "0xd4b": "Cortex-A78C", "0xd44": "Cortex-X1",
+              "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd4d": "Cortex-A715", "0xd80": "Cortex-A520",
+              "0xd81": "Cortex-A720", "0xd87": "Cortex-A725"}
+
+
+def _arm_cores(blocks: list[str]) -> str | None:
+    """"4x Cortex-A55 + 4x Cortex-A76" from the CPU part of each core, where no model name is given."""
+    counts: dict[str, int] = {}
+    for block in blocks:
+        part = _key_values(block).get("CPU part")
+        if part:
+            name = _ARM_PARTS.get(part.lower(), f"ARM part {part}")
+            counts[name] = counts.get(name, 0) + 1
+    return " + ".join(f"{n}x {name}" for name, n in counts.items()) or None
 
 
 def _memory(fs: _Fs) -> Memory:
@@ -233,16 +251,18 @@ def _accelerators(fs: _Fs, report: HardwareReport) -> list[Accelerator]:
         driver = _uevent(fs, accel / "device").get("DRIVER")
         if driver == "intel_vpu":
             add("intel-npu", _intel_npu_name(report), fs.rel(accel), driver)
-    nvidia = fs.read("proc/driver/nvidia/version")
-    if nvidia is not None:
-        add("nvidia-gpu", "NVIDIA GPU", "/proc/driver/nvidia/version", "nvidia")
-    if any(c.startswith("nvidia,tegra") for c in report.board.compatible):
-        soc = next(c for c in report.board.compatible if c.startswith("nvidia,tegra")).split(",")[1]
-        add("nvidia-gpu", f"NVIDIA Tegra GPU ({soc})", "/proc/device-tree/compatible", "nvgpu")
-    if fs.exists("proc/debug/rknpu/version") or fs.glob("sys/class/devfreq/*.npu"):
-        evidence = "/proc/debug/rknpu/version" if fs.exists("proc/debug/rknpu/version") else "/sys/class/devfreq"
-        version = (fs.read("proc/debug/rknpu/version") or "").strip()
-        add("rockchip-npu", "Rockchip NPU" + (f" ({version})" if version else ""), evidence, "rknpu")
+    tegra = next((c.split(",")[1] for c in report.board.compatible if c.startswith("nvidia,tegra")), None)
+    nvidia_name = f"NVIDIA Tegra GPU ({tegra})" if tegra else "NVIDIA GPU"
+    if tegra:
+        add("nvidia-gpu", nvidia_name, "/proc/device-tree/compatible", "nvgpu")
+    if fs.exists("proc/driver/nvidia/version"):
+        add("nvidia-gpu", nvidia_name, "/proc/driver/nvidia/version", "nvidia")
+    for rel in ("sys/kernel/debug/rknpu/version", "proc/debug/rknpu/version"):
+        version = fs.read(rel)
+        if version is not None:
+            add("rockchip-npu", "Rockchip NPU", "/" + rel, "RKNPU " + version.strip().rpartition(" ")[2])
+    for devfreq in fs.glob("sys/class/devfreq/*.npu"):
+        add("rockchip-npu", "Rockchip NPU", fs.rel(devfreq), "RKNPU")
     for node in ("dev/fastrpc-cdsp", "dev/adsprpc-smd"):
         if fs.exists(node):
             add("qualcomm-hexagon", "Qualcomm Hexagon DSP (FastRPC)", "/" + node, "fastrpc")
@@ -260,7 +280,9 @@ def _accelerators(fs: _Fs, report: HardwareReport) -> list[Accelerator]:
             continue
         driver = _uevent(fs, card / "device").get("DRIVER")
         vendor = (fs.read(fs.rel(card / "device" / "vendor")[1:]) or "").strip().lower()
-        if vendor in _GPU_VENDORS:
+        if driver == "RKNPU":
+            add("rockchip-npu", "Rockchip NPU", fs.rel(card), driver)
+        elif vendor in _GPU_VENDORS:
             kind, name = _GPU_VENDORS[vendor]
             add(kind, name, fs.rel(card), driver)
         elif driver and not any(a.kind in ("nvidia-gpu", "gpu") for a in found):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from appliance.errors import ApplianceError
 from appliance.hw.report import AcceleratorKind, HardwareReport
 
 Task = Literal["asr", "tts", "vad", "mt", "speaker"]
@@ -18,7 +19,7 @@ TASKS: tuple[Task, ...] = ("asr", "tts", "vad", "mt", "speaker")
 DEFAULT_PROFILES_DIR = Path(__file__).resolve().parents[2] / "hw"
 
 
-class ProfileError(Exception):
+class ProfileError(ApplianceError):
     """A profile file is unreadable or invalid, or a forced profile does not exist."""
 
 

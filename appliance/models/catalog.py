@@ -9,12 +9,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance.errors import ApplianceError
 from appliance.hw.profiles import Task
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "models" / "catalog.yaml"
 
 
-class CatalogError(Exception):
+class CatalogError(ApplianceError):
     """The catalog file is unreadable or invalid, or names an unknown model."""
 
 

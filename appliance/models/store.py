@@ -22,13 +22,14 @@ from pathlib import Path
 
 import platformdirs
 
+from appliance.errors import ApplianceError
 from appliance.models.catalog import FileEntry, ModelEntry, Source
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]
 
 
-class StoreError(Exception):
+class StoreError(ApplianceError):
     """A model cannot be provisioned or used; the message names the model and the fix."""
 
 

@@ -1,0 +1,48 @@
+"""The `appliance` command: global options, sub-command groups, and errors shown without tracebacks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from appliance.cli import config_cmd, doctor_cmd, models_cmd
+from appliance.cli.state import CliState
+from appliance.errors import ApplianceError
+
+app = typer.Typer(
+    name="appliance",
+    help="Edge voice appliance: hardware-aware, offline voice services.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(models_cmd.app, name="models")
+app.command("doctor")(doctor_cmd.doctor)
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Config file (default /etc/appliance/appliance.toml, or $APPLIANCE_CONFIG)."
+    ),
+) -> None:
+    ctx.obj = CliState(config)
+
+
+def main() -> None:
+    try:
+        app()
+    except ApplianceError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+logging.getLogger("appliance").addHandler(logging.NullHandler())

@@ -1,0 +1,30 @@
+"""What the global options give every sub-command: the settings and, lazily, the wired Device."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.config import Settings, load_settings
+from appliance.device import Device
+
+
+@dataclass
+class CliState:
+    config_path: Path | None
+    _settings: Settings | None = field(default=None, repr=False)
+    _device: Device | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+            logging.basicConfig(level=self._settings.log.level.upper(), format="%(levelname)s %(name)s: %(message)s")
+        return self._settings
+
+    @property
+    def device(self) -> Device:
+        if self._device is None:
+            self._device = Device.open(self.settings)
+        return self._device

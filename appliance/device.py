@@ -1,0 +1,68 @@
+"""The composition root: wire settings, hardware, profile, catalog, store, runtimes and the model pool once.
+
+Entry points (CLI, supervisor) build one Device and pass its parts down; nothing below reaches up for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from appliance.config import Settings
+from appliance.errors import ApplianceError
+from appliance.hw import HardwareReport, ProfileMatch, load_profiles, match_profile, probe
+from appliance.hw.profiles import Candidate
+from appliance.models import Catalog, ModelStore, default_store_path, load_catalog
+from appliance.models.residency import ModelPool
+from appliance.runtime import Backend, BackendContext, Selection, make_backends, select
+
+
+class ModelUnavailable(ApplianceError):
+    """No candidate runtime could run a model."""
+
+
+@dataclass
+class Device:
+    settings: Settings
+    report: HardwareReport
+    match: ProfileMatch
+    catalog: Catalog
+    store: ModelStore
+    backends: dict[str, Backend]
+    threads: int
+    pool: ModelPool = field(init=False)
+    selections: dict[str, Selection] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Device:
+        report = probe(settings.hw.root)
+        match = match_profile(report, load_profiles(settings.hw.profiles_dir), settings.hw.profile)
+        threads = settings.runtime.threads or max(1, min(match.profile.threads, os.cpu_count() or 1))
+        store = ModelStore(settings.models.store or default_store_path())
+        backends = make_backends(BackendContext(threads=threads, cache=store.put_derived))
+        device = cls(settings, report, match, load_catalog(settings.models.catalog), store, backends, threads)
+        budget_mb = settings.runtime.memory_budget_mb or match.profile.memory_budget_mb
+        device.pool = ModelPool(device.load, lambda m: device.catalog.get(m).size, budget_mb << 20)
+        return device
+
+    @property
+    def default_models(self) -> list[str]:
+        return list(self.match.profile.default_models)
+
+    def candidates(self, model_id: str) -> list[Candidate]:
+        task = self.catalog.get(model_id).task
+        return list(self.match.profile.runtimes.get(task, []))
+
+    def select(self, model_id: str) -> Selection:
+        """Resolve the model in the store and run the selection; remembered for `doctor` and `status`."""
+        files = self.store.resolve(model_id)
+        selection = select(files, self.candidates(model_id), self.backends, self.settings.runtime.compare_candidates)
+        self.selections[model_id] = selection
+        return selection
+
+    def load(self, model_id: str) -> Selection:
+        """Loader for the pool: the winning runtime's handle, or a clear error listing every rejection."""
+        selection = self.select(model_id)
+        if selection.winner is None:
+            raise ModelUnavailable(f"no runtime could run {model_id} on this device: {selection.reason}")
+        return selection

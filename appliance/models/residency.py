@@ -1,0 +1,116 @@
+"""Residency: models load lazily on first use, are shared by every session, and idle ones are
+unloaded least-recently-used first when the memory budget would be exceeded."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resident:
+    model_id: str
+    handle: Any
+    size: int
+    users: int = 0
+    last_used: float = 0.0
+
+
+class ModelPool:
+    """Thread-safe pool of loaded models.
+
+    ``load(model_id)`` returns a handle (anything with an optional ``close()``); ``size_of(model_id)``
+    estimates its resident bytes. A model in use is never unloaded; if everything resident is busy the
+    budget is exceeded rather than a session failed, and that is logged.
+    """
+
+    def __init__(self, load: Callable[[str], Any], size_of: Callable[[str], int], budget_bytes: int) -> None:
+        self._load = load
+        self._size_of = size_of
+        self.budget_bytes = budget_bytes
+        self._resident: OrderedDict[str, Resident] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Event] = {}
+        self.loads = 0
+        self.unloads = 0
+
+    @contextmanager
+    def use(self, model_id: str) -> Iterator[Any]:
+        """Borrow a model for the duration of the block (one inference or one session)."""
+        entry = self._acquire(model_id)
+        try:
+            yield entry.handle
+        finally:
+            with self._lock:
+                entry.users -= 1
+                entry.last_used = time.monotonic()
+
+    def _acquire(self, model_id: str) -> Resident:
+        while True:
+            with self._lock:
+                entry = self._resident.get(model_id)
+                if entry is not None:
+                    entry.users += 1
+                    self._resident.move_to_end(model_id)
+                    return entry
+                pending = self._loading.get(model_id)
+                if pending is None:
+                    self._loading[model_id] = threading.Event()
+                    break
+            pending.wait()  # another thread is loading it: wait, then take the shared instance
+        try:
+            size = self._size_of(model_id)
+            with self._lock:
+                self._make_room(size)
+            handle = self._load(model_id)
+            with self._lock:
+                entry = Resident(model_id, handle, size, users=1, last_used=time.monotonic())
+                self._resident[model_id] = entry
+                self.loads += 1
+                return entry
+        finally:
+            with self._lock:
+                self._loading.pop(model_id).set()
+
+    def _make_room(self, incoming: int) -> None:
+        for model_id in list(self._resident):
+            if self.resident_bytes + incoming <= self.budget_bytes:
+                return
+            entry = self._resident[model_id]
+            if entry.users == 0:
+                self._unload(entry)
+        if self.resident_bytes + incoming > self.budget_bytes:
+            log.warning("model memory budget exceeded: %d MiB resident and in use, %d MiB more needed",
+                        self.resident_bytes >> 20, incoming >> 20)
+
+    def _unload(self, entry: Resident) -> None:
+        del self._resident[entry.model_id]
+        self.unloads += 1
+        close = getattr(entry.handle, "close", None)
+        if callable(close):
+            close()
+        log.info("unloaded idle model %s (%d MiB)", entry.model_id, entry.size >> 20)
+
+    def unload_idle(self) -> list[str]:
+        """Drop every idle model now (memory pressure)."""
+        with self._lock:
+            idle = [e for e in self._resident.values() if e.users == 0]
+            for entry in idle:
+                self._unload(entry)
+            return [e.model_id for e in idle]
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(e.size for e in self._resident.values())
+
+    def resident(self) -> list[str]:
+        with self._lock:
+            return list(self._resident)
