@@ -9,6 +9,7 @@ from rich.table import Table
 
 from appliance.cli.state import CliState
 from appliance.models.catalog import ModelEntry
+from appliance.models.convert import build_derived
 
 app = typer.Typer(help="Provision, list and verify models.", no_args_is_help=True)
 console = Console()
@@ -38,6 +39,18 @@ def pull(
         for entry in entries:
             task = progress.add_task(entry.id, total=entry.size)
             store.pull(entry, force=force, progress=lambda n, t=task: progress.advance(t, n))
+    converter = state.settings.models.converter_python
+    for entry in entries:
+        if not entry.derived:
+            continue
+        variants = ", ".join(entry.derived)
+        if converter is None:
+            console.print(f"[yellow]note:[/] {entry.id}: derived variant(s) {variants} not built "
+                          "(models.converter_python is not set; `make models` sets it)")
+            continue
+        with console.status(f"building {variants} variant of {entry.id}…"):
+            built = build_derived(store, entry, converter)
+        console.print(f"{entry.id}: {variants} variant {'built' if built else 'already built'}")
     console.print(f"[green]{len(entries)} model(s) active in {store.root}[/]")
 
 

@@ -32,6 +32,11 @@ class ModelsSettings(_Section):
     catalog: Path | None = Field(
         None, description="Model catalog YAML; default: models/catalog.yaml shipped with the code."
     )
+    converter_python: Path | None = Field(
+        None,
+        description="Python with the conversion tools (requirements-convert.txt; `make` builds .venv-convert). "
+        "When set, `models pull` also builds derived variants such as TFLite; otherwise it skips them.",
+    )
 
 
 class RuntimeSettings(_Section):

@@ -44,6 +44,16 @@ class FileEntry(BaseModel):
         return [self.source] if self.source else list(self.parts or [])
 
 
+class Derivation(BaseModel):
+    """A variant built at provisioning time from another variant's file by a converter script."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(pattern=r"^[a-z0-9]+/[^/]+$", description="variant/file it is built from")
+    name: str = Field(description="File name of the result.")
+    converter: str = Field(pattern=r"^[a-z0-9_]+$", description="Script in appliance/models/converters/.")
+    note: str = ""
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
@@ -53,6 +63,15 @@ class ModelEntry(BaseModel):
     languages: list[str]
     licence: str
     variants: dict[str, list[FileEntry]] = Field(description="Format (ct2, onnx, tflite, ...) -> files.")
+    derived: dict[str, Derivation] = Field(default_factory=dict, description="Variants built at provisioning.")
+
+    @model_validator(mode="after")
+    def _derived_sources_exist(self) -> ModelEntry:
+        names = {f"{v}/{f.name}" for v, files in self.variants.items() for f in files}
+        for variant, how in self.derived.items():
+            if how.source not in names:
+                raise ValueError(f"derived {variant}: source {how.source} is not one of the model's files")
+        return self
 
     @property
     def size(self) -> int:
@@ -61,6 +80,10 @@ class ModelEntry(BaseModel):
     @property
     def packages(self) -> list[str]:
         return sorted({s.package for files in self.variants.values() for f in files for s in f.sources})
+
+    def sha256_of(self, key: str) -> str:
+        variant, name = key.split("/", 1)
+        return next(f.sha256 for f in self.variants[variant] if f.name == name)
 
     def digest(self) -> str:
         """Version id: a hash of every variant's file names and checksums."""

@@ -152,11 +152,12 @@ class ModelStore:
 
     def resolve(self, model_id: str, kind: str | None = None) -> ModelFiles:
         """The active version's files, after a quick check (existence and size) of each."""
-        tree = self.root / "active" / model_id
-        if not tree.exists():
+        link = self.root / "active" / model_id
+        if not link.exists():
             raise StoreError(
                 f"model {model_id} is not provisioned in {self.root}; fix: appliance models pull {model_id}"
             )
+        tree = link.resolve()  # pin the version once: a concurrent switch must not mix two versions
         manifest = json.loads((tree / "manifest.json").read_text())
         variants: dict[str, dict[str, Path]] = {}
         checksums = {}

@@ -86,35 +86,45 @@ class LiteRtBackend(Backend):
 
 
 class LiteRtSession:
-    """Thread-safe wrapper: an Interpreter may run one inference at a time."""
+    """Thread-safe wrapper (an Interpreter runs one inference at a time). Where the model has a signature,
+    tensors are named by it (the names of the model it was converted from); otherwise by tensor name."""
 
     def __init__(self, interpreter: Any) -> None:
         self._interpreter = interpreter
         self._lock = threading.Lock()
-        self._inputs = interpreter.get_input_details()
-        self._outputs = interpreter.get_output_details()
-        self.inputs = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name)
-                       for d in self._inputs]
-        self.outputs = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name)
-                        for d in self._outputs]
+        signatures = interpreter.get_signature_list()
+        self._runner = interpreter.get_signature_runner(next(iter(signatures))) if signatures else None
+        if self._runner is not None:
+            ins, outs = self._runner.get_input_details(), self._runner.get_output_details()
+            self.inputs = [_spec(name, d) for name, d in ins.items()]
+            self.outputs = [_spec(name, d) for name, d in outs.items()]
+        else:
+            self.inputs = [_spec(d["name"], d) for d in interpreter.get_input_details()]
+            self.outputs = [_spec(d["name"], d) for d in interpreter.get_output_details()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
-            it = self._interpreter
-            resized = False
-            for d in self._inputs:
-                value = feeds[d["name"]]
-                if tuple(value.shape) != tuple(d["shape"]):
-                    it.resize_tensor_input(d["index"], value.shape)
-                    resized = True
-            if resized:
-                it.allocate_tensors()
-                self._inputs = it.get_input_details()
-                self._outputs = it.get_output_details()
-            for d in self._inputs:
-                it.set_tensor(d["index"], np.ascontiguousarray(feeds[d["name"]], dtype=d["dtype"]))
-            it.invoke()
-            return {d["name"]: it.get_tensor(d["index"]).copy() for d in self._outputs}
+            if self._runner is not None:
+                return {k: np.array(v) for k, v in self._runner(**feeds).items()}
+            return self._run_tensors(feeds)
+
+    def _run_tensors(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        it = self._interpreter
+        details = it.get_input_details()
+        if any(tuple(feeds[d["name"]].shape) != tuple(d["shape"]) for d in details):
+            for d in details:
+                it.resize_tensor_input(d["index"], feeds[d["name"]].shape)
+            it.allocate_tensors()
+            details = it.get_input_details()
+        for d in details:
+            it.set_tensor(d["index"], np.ascontiguousarray(feeds[d["name"]], dtype=d["dtype"]))
+        it.invoke()
+        return {d["name"]: it.get_tensor(d["index"]).copy() for d in it.get_output_details()}
 
     def close(self) -> None:
+        self._runner = None
         self._interpreter = None
+
+
+def _spec(name: str, detail: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(name, tuple(int(x) for x in detail["shape"]), np.dtype(detail["dtype"]).name)

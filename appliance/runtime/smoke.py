@@ -26,11 +26,15 @@ def _finite(name: str, value: np.ndarray) -> np.ndarray:
 
 
 def silero_vad(session: TensorSession, model: ModelFiles) -> str:
-    """Silence in: speech probabilities in [0, 1], low; the LSTM state comes back with its shape."""
-    state = np.zeros((1, 1, 128), np.float32)
-    windows = np.zeros((16, SILERO_WINDOW), np.float32)
-    out = session.run({"input": windows, "h": state, "c": state})
-    probs = _finite("speech probability", out["speech_probs"]).reshape(-1)
+    """Silence in, frame by frame with the state carried: probabilities in [0, 1], low; state of its shape."""
+    h = c = np.zeros((1, 1, 128), np.float32)
+    frame = np.zeros((1, SILERO_WINDOW), np.float32)
+    probs_seen = []
+    for _ in range(8):
+        out = session.run({"input": frame, "h": h, "c": c})
+        h, c = out["hn"], out["cn"]
+        probs_seen.append(out["speech_probs"].reshape(-1))
+    probs = _finite("speech probability", np.concatenate(probs_seen))
     if probs.min() < 0 or probs.max() > 1:
         raise ModelRejected(f"speech probability outside [0, 1]: {probs.min():.3f}..{probs.max():.3f}")
     if probs.max() > 0.5:

@@ -1,0 +1,56 @@
+"""Shared fixtures: a model store provisioned from the real packages once per session, and a clean env."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from appliance.models import Catalog, ModelStore, load_catalog
+from appliance.runtime import Backend, BackendContext, make_backends
+
+ROOT = Path(__file__).resolve().parents[1]
+CONVERTER_PYTHON = ROOT / ".venv-convert" / "bin" / "python"
+FIXTURES = Path(__file__).parent / "fixtures"
+HW_FIXTURES = FIXTURES / "hw"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("APPLIANCE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> ModelStore:
+    """Every catalog model, copied from its installed package and verified: the real weights."""
+    store = ModelStore(tmp_path_factory.mktemp("store"))
+    for entry in catalog.models:
+        store.pull(entry)
+    return store
+
+
+@pytest.fixture(scope="session")
+def backends(store: ModelStore) -> dict[str, Backend]:
+    return make_backends(BackendContext(threads=2, cache=store.put_derived))
+
+
+@pytest.fixture(scope="session")
+def tflite_store(store: ModelStore, catalog: Catalog) -> ModelStore:
+    """The store with the derived TFLite variant built by the real converter (onnx2tf) from the real ONNX."""
+    if not CONVERTER_PYTHON.exists():
+        message = f"{CONVERTER_PYTHON} missing: `make test` builds it (make converter)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from appliance.models.convert import build_derived
+
+    build_derived(store, catalog.get("silero-vad-v6"), CONVERTER_PYTHON)
+    return store

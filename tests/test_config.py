@@ -1,0 +1,81 @@
+"""Settings: file, environment, precedence, and errors that name the key, the reason and the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.config import ConfigError, load_settings, render_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("APPLIANCE_CONFIG", str(write(tmp_path, "")))
+    settings = load_settings()
+    assert settings.runtime.compare_candidates is False
+    assert settings.hw.root == Path("/")
+    assert settings.upstream.base_url is None
+
+
+def test_file_then_environment_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(tmp_path, '[runtime]\nthreads = 3\n[models]\nstore = "/srv/models"\n')
+    monkeypatch.setenv("APPLIANCE_RUNTIME__THREADS", "5")
+    settings = load_settings(path)
+    assert settings.runtime.threads == 5
+    assert settings.models.store == Path("/srv/models")
+
+
+def test_unknown_key_names_path_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[models]\nstor = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert "models.stor: unknown key" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_bad_value_names_path_reason_and_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "[runtime]\nthreads = 0\n[log]\nlevel = 'loud'\n"))
+    message = str(err.value)
+    assert "2 problems" in message
+    assert "runtime.threads: Input should be greater than 0 (got 0)" in message
+    assert "log.level" in message and "'loud'" in message
+
+
+def test_bad_environment_value_names_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("APPLIANCE_RUNTIME__THREADS", "many")
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, ""))
+    assert "runtime.threads" in str(err.value)
+    assert "environment APPLIANCE_RUNTIME__THREADS" in str(err.value)
+
+
+def test_misspelt_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("APPLIANCE_RUNTIME__THREDS", "2")
+    with pytest.raises(ConfigError, match="APPLIANCE_RUNTIME__THREDS"):
+        load_settings(write(tmp_path, ""))
+
+
+def test_explicit_missing_file_and_broken_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[runtime\nthreads = 2"))
+
+
+def test_secret_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(tmp_path, '[upstream]\nbase_url = "http://127.0.0.1:9/v1"\napi_key = "sk-very-secret"\n')
+    shown = render_settings(load_settings(path))
+    assert "sk-very-secret" not in shown
+    assert 'api_key = "********"' in shown
+    assert 'base_url = "http://127.0.0.1:9/v1"' in shown
+    monkeypatch.setenv("APPLIANCE_UPSTREAM__TIMEOUT_S", "-1")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert "sk-very-secret" not in str(err.value)

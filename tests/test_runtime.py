@@ -1,0 +1,204 @@
+"""Every runtime that can run on this Linux x86 machine, exercised with real models; selection and its
+rejections; the runtimes that cannot run here report why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from appliance.hw.profiles import Candidate, _parse_candidate
+from appliance.models import ModelStore
+from appliance.models.store import ModelFiles
+from appliance.runtime import Backend, BackendContext, RuntimeUnavailable, TensorSpec, plan, select
+from appliance.runtime.coreml_backend import CoreMlBackend
+from appliance.runtime.rknn_backend import RknnBackend
+from appliance.runtime.smoke import SILERO_WINDOW, smoke_test
+
+
+def cands(*specs: str) -> list[Candidate]:
+    return [Candidate.model_validate(_parse_candidate(s)) for s in specs]
+
+
+def vad_probs(session: Any, audio: np.ndarray) -> np.ndarray:
+    """Run Silero frame by frame (64 samples of context + 512 new) with the state carried."""
+    h = c = np.zeros((1, 1, 128), np.float32)
+    context = np.zeros(64, np.float32)
+    out = []
+    for start in range(0, len(audio) - 511, 512):
+        chunk = audio[start : start + 512]
+        result = session.run({"input": np.concatenate([context, chunk])[None], "h": h, "c": c})
+        h, c, context = result["hn"], result["cn"], chunk[-64:]
+        out.append(float(result["speech_probs"].reshape(-1)[0]))
+    return np.array(out)
+
+
+def speech_like(store: ModelStore, backends: dict[str, Backend]) -> np.ndarray:
+    """Real synthetic speech: the Piper voice says a sentence, resampled to 16 kHz for the VAD."""
+    import json
+
+    import soxr
+
+    files = store.resolve("piper-en-us-joe-medium")
+    tts = backends["onnxruntime"].load(files, cands("onnxruntime:cpu")[0])
+    config = json.loads(files.variants["onnx"]["model.onnx.json"].read_text())
+    ids_map = config["phoneme_id_map"]
+    ids = list(ids_map["^"])
+    for p in "ðɪs ɪz ɐ tˈɛst ʌvðə vˈɔɪs ˈæktɪvᵻti dᵻtˈɛktɚ.":
+        ids += ids_map[p] + ids_map["_"]
+    ids += ids_map["$"]
+    audio = next(iter(tts.run({"input": np.array([ids], np.int64), "input_lengths": np.array([len(ids)], np.int64),
+                               "scales": np.array([0.667, 1.0, 0.8], np.float32)}).values())).reshape(-1)
+    speech = soxr.resample(audio.astype(np.float32), config["audio"]["sample_rate"], 16000)
+    silence = np.zeros(16000, np.float32)
+    return np.concatenate([silence, speech, silence]).astype(np.float32)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime:cpu", "openvino:CPU"])
+@pytest.mark.parametrize("model_id", ["silero-vad-v6", "piper-en-us-joe-medium", "speaker-embedder"])
+def test_onnx_models_on_cpu_runtimes(store: ModelStore, backends: dict[str, Backend], runtime: str,
+                                     model_id: str) -> None:
+    selection = select(store.resolve(model_id), cands(runtime), backends)
+    assert selection.winner == runtime, selection.reason
+    assert selection.attempts[0].load_ms is not None and selection.attempts[0].smoke_ms is not None
+    selection.close()
+
+
+def test_openvino_ir_is_cached_in_the_store(store: ModelStore, backends: dict[str, Backend]) -> None:
+    files = store.resolve("silero-vad-v6")
+    backends["openvino"].load(files, cands("openvino:CPU")[0])
+    cached = store.cache_dir("openvino", files.sha256["onnx/model.onnx"])
+    assert (cached / "model.xml").exists() and (cached / "model.bin").exists()
+    before = (cached / "model.xml").stat().st_mtime_ns
+    session = backends["openvino"].load(files, cands("openvino:CPU")[0])
+    assert (cached / "model.xml").stat().st_mtime_ns == before  # read back, not converted again
+    assert smoke_test("silero-vad", session, files)
+
+
+def test_vad_agrees_across_onnxruntime_openvino_and_litert(tflite_store: ModelStore,
+                                                          backends: dict[str, Backend]) -> None:
+    files = tflite_store.resolve("silero-vad-v6")
+    assert "tflite" in files.variants  # the derived variant, built by onnx2tf at provisioning
+    audio = speech_like(tflite_store, backends)
+    runs = {}
+    for spec in ("onnxruntime:cpu", "openvino:CPU", "litert:cpu"):
+        candidate = cands(spec)[0]
+        runs[spec] = vad_probs(backends[candidate.runtime].load(files, candidate), audio)
+    reference = runs["onnxruntime:cpu"]
+    assert reference[:25].max() < 0.3          # the leading second of silence
+    assert reference.max() > 0.9               # the sentence
+    for spec, probs in runs.items():
+        assert np.abs(probs - reference).max() < 0.02, spec
+
+
+def test_litert_selected_with_real_tflite(tflite_store: ModelStore, backends: dict[str, Backend]) -> None:
+    selection = select(tflite_store.resolve("silero-vad-v6"), cands("litert:gpu", "litert:cpu"), backends)
+    assert selection.winner == "litert:cpu"
+    assert "gpu delegate" in selection.attempts[0].reason
+    session = selection.handle
+    assert {s.name for s in session.inputs} == {"input", "h", "c"}
+    assert tflite_store.verify("silero-vad-v6") == []  # derived file checksummed in the store too
+
+
+@pytest.mark.parametrize("model_id", ["whisper-tiny-en", "whisper-base"])
+def test_ctranslate2_whisper_int8_cpu(store: ModelStore, backends: dict[str, Backend], model_id: str) -> None:
+    selection = select(store.resolve(model_id), cands("ctranslate2:cuda:float16", "ctranslate2:cpu:int8"), backends)
+    assert selection.winner == "ctranslate2:cpu:int8"
+    assert selection.attempts[0].reason == "CTranslate2 finds no CUDA device"
+    assert selection.handle.compute_type.startswith("int8")  # CPU int8 is reported as int8_float32
+
+
+def test_fallback_keeps_every_rejection(store: ModelStore, backends: dict[str, Backend]) -> None:
+    selection = select(store.resolve("piper-en-us-joe-medium"),
+                       cands("openvino:NPU", "onnxruntime:cuda", "litert:cpu", "rknn:npu", "coreml:ane",
+                             "onnxruntime:cpu", "openvino:CPU"), backends)
+    assert selection.winner == "onnxruntime:cpu"
+    reasons = {a.candidate: a.reason for a in selection.attempts}
+    assert "OpenVINO sees no NPU" in reasons["openvino:NPU"]
+    assert "has no CUDAExecutionProvider" in reasons["onnxruntime:cuda"]
+    assert reasons["litert:cpu"] == "needs a tflite variant; model has onnx"
+    assert reasons["rknn:npu"] == "needs a rknn variant; model has onnx"
+    assert reasons["openvino:CPU"] == "not tried: an earlier candidate passed"
+    assert [a.candidate for a in selection.attempts][:2] == ["openvino:NPU", "onnxruntime:cuda"]
+
+
+def test_compare_mode_keeps_the_faster(store: ModelStore, backends: dict[str, Backend]) -> None:
+    selection = select(store.resolve("silero-vad-v6"), cands("openvino:CPU", "onnxruntime:cpu"), backends,
+                       compare=True)
+    assert selection.winner in ("openvino:CPU", "onnxruntime:cpu")
+    loser = next(a for a in selection.attempts if a.candidate != selection.winner)
+    assert loser.reason.startswith("passed, but slower")
+
+
+class NanBackend(Backend):
+    """A runtime that loads but computes garbage: it must lose the selection."""
+
+    name = "nan"
+    formats = ("onnx",)
+    module = "numpy"
+
+    def check(self, candidate: Candidate) -> None:
+        return None
+
+    def load(self, model: ModelFiles, candidate: Candidate) -> Any:
+        class Garbage:
+            inputs = [TensorSpec("input", (1, SILERO_WINDOW), "float32")]
+            outputs: list[TensorSpec] = []
+
+            def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                return {"speech_probs": np.array([np.nan]), "hn": feeds["h"], "cn": feeds["c"]}
+
+            def close(self) -> None:
+                pass
+
+        return Garbage()
+
+
+def test_insane_smoke_result_is_rejected(store: ModelStore, backends: dict[str, Backend]) -> None:
+    with_nan = {**backends, "nan": NanBackend(BackendContext(threads=1))}
+    selection = select(store.resolve("silero-vad-v6"), cands("nan:cpu", "onnxruntime:cpu"), with_nan)
+    assert selection.winner == "onnxruntime:cpu"
+    assert selection.attempts[0].reason == "smoke inference gave non-finite speech probability"
+
+
+def test_plan_is_pure_and_needs_no_runtime_installed() -> None:
+    class Absent(Backend):
+        name = "absent"
+        formats = ("onnx",)
+        module = "no_such_runtime_module"
+
+        def check(self, candidate: Candidate) -> None:
+            self.require_module()
+
+        def load(self, model: ModelFiles, candidate: Candidate) -> Any:
+            raise AssertionError("never loaded")
+
+    backends = {"absent": Absent(BackendContext(threads=1))}
+    keep, skipped = plan(cands("absent:cpu", "ghost:cpu"), ["onnx"], backends)
+    assert [str(c) for c in keep] == ["absent:cpu"]
+    assert skipped[0].reason == "no runtime backend named 'ghost'"
+    with pytest.raises(RuntimeUnavailable, match="no_such_runtime_module is not installed"):
+        backends["absent"].check(keep[0])
+
+
+def test_unavailable_runtimes_say_why(store: ModelStore) -> None:
+    ctx = BackendContext(threads=1)
+    with pytest.raises(RuntimeUnavailable, match="Core ML predicts only on macOS; this is Linux"):
+        CoreMlBackend(ctx, system="Linux").check(cands("coreml:ane")[0])
+    with pytest.raises(RuntimeUnavailable, match="no Rockchip NPU driver"):
+        RknnBackend(ctx).check(cands("rknn:npu")[0])
+
+
+def test_a_broken_model_file_is_rejected_not_fatal(tmp_path: Path, store: ModelStore,
+                                                   backends: dict[str, Backend]) -> None:
+    files = store.resolve("speaker-embedder")
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"this is not an onnx model" * 100)
+    fake = ModelFiles("speaker-embedder", "speaker-embedder", "speaker", "x", {"onnx": {"model.onnx": broken}},
+                      {"onnx/model.onnx": "0" * 64})
+    selection = select(fake, cands("onnxruntime:cpu", "openvino:CPU"), backends)
+    assert selection.winner is None
+    assert all("could not load speaker-embedder" in a.reason for a in selection.attempts)
+    assert files.model_id == "speaker-embedder"
