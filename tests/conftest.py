@@ -17,10 +17,14 @@ HW_FIXTURES = FIXTURES / "hw"
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No APPLIANCE_* variable leaks in, and the machine's /etc/appliance/appliance.toml is never read."""
     for name in list(os.environ):
         if name.startswith("APPLIANCE_"):
             monkeypatch.delenv(name)
+    empty = tmp_path_factory.getbasetemp() / "empty-appliance.toml"
+    empty.touch()
+    monkeypatch.setenv("APPLIANCE_CONFIG", str(empty))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ rejections; the runtimes that cannot run here report why."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -144,8 +144,8 @@ class NanBackend(Backend):
 
     def load(self, model: ModelFiles, candidate: Candidate) -> Any:
         class Garbage:
-            inputs = [TensorSpec("input", (1, SILERO_WINDOW), "float32")]
-            outputs: list[TensorSpec] = []
+            inputs: ClassVar = [TensorSpec("input", (1, SILERO_WINDOW), "float32")]
+            outputs: ClassVar = []
 
             def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 return {"speech_probs": np.array([np.nan]), "hn": feeds["h"], "cn": feeds["c"]}

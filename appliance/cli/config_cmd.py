@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from appliance.config import render_settings
 from appliance.cli.state import CliState
+from appliance.config import render_settings
 
 app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from appliance.cli.state import CliState
@@ -38,7 +47,7 @@ def pull(
     with Progress(*columns, console=console, transient=False) as progress:
         for entry in entries:
             task = progress.add_task(entry.id, total=entry.size)
-            store.pull(entry, force=force, progress=lambda n, t=task: progress.advance(t, n))
+            store.pull(entry, force=force, progress=partial(progress.advance, task))
     converter = state.settings.models.converter_python
     for entry in entries:
         if not entry.derived:

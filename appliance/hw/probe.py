@@ -11,20 +11,23 @@ import platform
 import re
 from pathlib import Path
 
-from appliance.hw.report import Accelerator, Board, Cpu, HardwareReport, Memory, PciDevice
+from appliance.hw.report import Accelerator, AcceleratorKind, Board, Cpu, HardwareReport, Memory, PciDevice
 
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "x64": "x86_64"}
 # Known NPU / accelerator PCI ids (vendor, device) -> (kind, name).
-_PCI_ACCELERATORS = {
+_PCI_ACCELERATORS: dict[tuple[str, str], tuple[AcceleratorKind, str]] = {
     ("0x8086", "0x7d1d"): ("intel-npu", "Intel NPU (Meteor Lake)"),
     ("0x8086", "0x643e"): ("intel-npu", "Intel NPU (Lunar Lake)"),
     ("0x8086", "0xad1d"): ("intel-npu", "Intel NPU (Arrow Lake)"),
     ("0x8086", "0xb03e"): ("intel-npu", "Intel NPU (Panther Lake)"),
     ("0x1ac1", "0x089a"): ("edgetpu", "Coral Edge TPU (PCIe)"),
 }
-_PCI_VENDOR_KINDS = {"0x1e60": ("hailo", "Hailo AI accelerator")}
-_GPU_VENDORS = {"0x10de": ("nvidia-gpu", "NVIDIA GPU"), "0x8086": ("intel-gpu", "Intel GPU"),
-                "0x1002": ("amd-gpu", "AMD GPU")}
+_PCI_VENDOR_KINDS: dict[str, tuple[AcceleratorKind, str]] = {"0x1e60": ("hailo", "Hailo AI accelerator")}
+_GPU_VENDORS: dict[str, tuple[AcceleratorKind, str]] = {
+    "0x10de": ("nvidia-gpu", "NVIDIA GPU"),
+    "0x8086": ("intel-gpu", "Intel GPU"),
+    "0x1002": ("amd-gpu", "AMD GPU"),
+}
 _USB_EDGETPU = {("1a6e", "089a"), ("18d1", "9302")}
 
 
@@ -56,9 +59,10 @@ class _Fs:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
-    def read(self, rel: str) -> str | None:
+    def read(self, rel: str | Path) -> str | None:
+        """A file's text; ``rel`` is relative to the root, or a Path already under it (from glob)."""
         try:
-            return (self.root / rel).read_text(errors="replace")
+            return (rel if isinstance(rel, Path) else self.root / rel).read_text(errors="replace")
         except (OSError, ValueError):
             return None
 
@@ -206,7 +210,7 @@ def _board(fs: _Fs) -> Board:
 
 
 def _uevent(fs: _Fs, directory: Path) -> dict[str, str]:
-    text = fs.read(str((directory / "uevent").relative_to(fs.root))) or ""
+    text = fs.read(directory / "uevent") or ""
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
@@ -228,13 +232,13 @@ def _pci(fs: _Fs) -> list[PciDevice]:
 def _accelerators(fs: _Fs, report: HardwareReport) -> list[Accelerator]:
     found: list[Accelerator] = []
 
-    def add(kind: str, name: str, evidence: str, driver: str | None = None) -> None:
+    def add(kind: AcceleratorKind, name: str, evidence: str, driver: str | None = None) -> None:
         for acc in found:
             if acc.kind == kind and acc.name == name:
                 acc.evidence.append(evidence)
                 acc.driver = acc.driver or driver
                 return
-        found.append(Accelerator(kind=kind, name=name, driver=driver, evidence=[evidence]))  # type: ignore[arg-type]
+        found.append(Accelerator(kind=kind, name=name, driver=driver, evidence=[evidence]))
 
     for dev in report.pci:
         where = f"/sys/bus/pci/devices/{dev.address}"
@@ -263,23 +267,23 @@ def _accelerators(fs: _Fs, report: HardwareReport) -> list[Accelerator]:
             add("rockchip-npu", "Rockchip NPU", "/" + rel, "RKNPU " + version.strip().rpartition(" ")[2])
     for devfreq in fs.glob("sys/class/devfreq/*.npu"):
         add("rockchip-npu", "Rockchip NPU", fs.rel(devfreq), "RKNPU")
-    for node in ("dev/fastrpc-cdsp", "dev/adsprpc-smd"):
-        if fs.exists(node):
-            add("qualcomm-hexagon", "Qualcomm Hexagon DSP (FastRPC)", "/" + node, "fastrpc")
+    for rpc in ("dev/fastrpc-cdsp", "dev/adsprpc-smd"):
+        if fs.exists(rpc):
+            add("qualcomm-hexagon", "Qualcomm Hexagon DSP (FastRPC)", "/" + rpc, "fastrpc")
     for node in fs.glob("dev/hailo*"):
         add("hailo", "Hailo AI accelerator", fs.rel(node), "hailo_pci")
     for node in fs.glob("dev/apex_*"):
         add("edgetpu", "Coral Edge TPU (PCIe)", fs.rel(node), "apex")
     for usb in fs.glob("sys/bus/usb/devices/*"):
-        ids = ((fs.read(fs.rel(usb / "idVendor")[1:]) or "").strip(),
-               (fs.read(fs.rel(usb / "idProduct")[1:]) or "").strip())
+        ids = ((fs.read(usb / "idVendor") or "").strip(),
+               (fs.read(usb / "idProduct") or "").strip())
         if ids in _USB_EDGETPU:
             add("edgetpu", "Coral Edge TPU (USB)", fs.rel(usb), None)
     for card in fs.glob("sys/class/drm/card[0-9]*"):
         if "-" in card.name:
             continue
         driver = _uevent(fs, card / "device").get("DRIVER")
-        vendor = (fs.read(fs.rel(card / "device" / "vendor")[1:]) or "").strip().lower()
+        vendor = (fs.read(card / "device" / "vendor") or "").strip().lower()
         if driver == "RKNPU":
             add("rockchip-npu", "Rockchip NPU", fs.rel(card), driver)
         elif vendor in _GPU_VENDORS:

@@ -29,7 +29,8 @@ def build_derived(store: ModelStore, entry: ModelEntry, python: Path) -> list[st
         source = store.root / "active" / entry.id / src_variant / src_name
         script = CONVERTERS / f"{how.converter}.py"
 
-        def run(directory: Path, source: Path = source, script: Path = script, name: str = how.name) -> None:
+        def run(directory: Path, variant: str = variant, source: Path = source, script: Path = script,
+                name: str = how.name) -> None:
             _run_converter(entry.id, variant, python, script, source, directory / name)
 
         store.put_derived(variant, source_sha, run)

@@ -24,7 +24,8 @@ class CTranslate2Backend(Backend):
         supported = ct2.get_supported_compute_types(device)
         if candidate.precision and candidate.precision not in supported:
             raise RuntimeUnavailable(
-                f"compute type {candidate.precision} not supported on {device} (supported: {', '.join(sorted(supported))})"
+                f"compute type {candidate.precision} not supported on {device} "
+                f"(supported: {', '.join(sorted(supported))})"
             )
 
     def load(self, model: ModelFiles, candidate: Candidate) -> Any:

@@ -53,7 +53,7 @@ def piper(session: TensorSession, model: ModelFiles) -> str:
         ids += ids_map[phoneme] + ids_map["_"]
     ids += ids_map["$"]
     inference = config["inference"]
-    feeds = {
+    feeds: dict[str, np.ndarray] = {
         "input": np.array([ids], np.int64),
         "input_lengths": np.array([len(ids)], np.int64),
         "scales": np.array([inference["noise_scale"], inference["length_scale"], inference["noise_w"]], np.float32),

@@ -1,0 +1,127 @@
+"""Residency: lazy loading, one shared instance per model, LRU unloading of idle models under the budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.config import load_settings
+from appliance.device import Device, ModelUnavailable
+from appliance.models import ModelStore
+from appliance.models.residency import ModelPool
+
+MB = 1 << 20
+
+
+class Loaded:
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Loader:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[str] = []
+        self.delay = delay
+        self.made: dict[str, Loaded] = {}
+
+    def __call__(self, model_id: str) -> Loaded:
+        self.calls.append(model_id)
+        time.sleep(self.delay)  # a slow load, so concurrent first users really overlap
+        self.made[model_id] = Loaded(model_id)
+        return self.made[model_id]
+
+
+def test_lazy_and_shared_by_concurrent_users() -> None:
+    loader = Loader(delay=0.2)
+    pool = ModelPool(loader, lambda _: 10 * MB, budget_bytes=100 * MB)
+    assert pool.resident() == [] and loader.calls == []
+    seen: list[Any] = []
+
+    def session() -> None:
+        with pool.use("asr") as handle:
+            seen.append(handle)
+
+    threads = [threading.Thread(target=session) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loader.calls == ["asr"]
+    assert len({id(h) for h in seen}) == 1
+
+
+def test_idle_models_are_unloaded_least_recently_used_first() -> None:
+    loader = Loader()
+    pool = ModelPool(loader, lambda _: 40 * MB, budget_bytes=100 * MB)
+    for model_id in ("a", "b"):
+        with pool.use(model_id):
+            pass
+    with pool.use("a"):  # a is now more recently used than b
+        pass
+    with pool.use("c"):
+        pass
+    assert pool.resident() == ["a", "c"]
+    assert loader.made["b"].closed and not loader.made["a"].closed
+    assert pool.unloads == 1 and pool.resident_bytes == 80 * MB
+
+
+def test_a_model_in_use_is_never_unloaded(caplog: pytest.LogCaptureFixture) -> None:
+    loader = Loader()
+    pool = ModelPool(loader, lambda _: 60 * MB, budget_bytes=100 * MB)
+    with pool.use("a"), pool.use("b"):
+        assert pool.resident() == ["a", "b"]
+        assert not loader.made["a"].closed
+    assert "budget exceeded" in caplog.text
+    assert pool.unload_idle() == ["a", "b"]
+    assert pool.resident() == []
+
+
+def test_failed_load_is_not_cached_and_does_not_block_others() -> None:
+    attempts = []
+
+    def flaky(model_id: str) -> Loaded:
+        attempts.append(model_id)
+        if len(attempts) == 1:
+            raise RuntimeError("runtime failed to load")
+        return Loaded(model_id)
+
+    pool = ModelPool(flaky, lambda _: MB, budget_bytes=10 * MB)
+    with pytest.raises(RuntimeError), pool.use("a"):
+        pass
+    with pool.use("a") as handle:
+        assert handle.model_id == "a"
+
+
+def test_device_pool_loads_real_models_once(store: ModelStore, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    monkeypatch.setenv("APPLIANCE_MODELS__STORE", str(store.root))
+    device = Device.open(load_settings())
+    assert device.match.profile.name in ("generic-x86_64", "generic-aarch64", "generic-cpu")
+    with device.pool.use("silero-vad-v6") as first, device.pool.use("silero-vad-v6") as second:
+        assert first is second and first.winner == "onnxruntime:cpu"
+    assert device.pool.loads == 1
+
+
+def test_model_no_runtime_can_run_is_a_clear_error(store: ModelStore, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "npu-only.yaml").write_text(
+        "name: npu-only\ndescription: x\npriority: 1\nmatch: {}\nthreads: 1\nmemory_budget_mb: 100\n"
+        "runtimes: {asr: [ctranslate2:cuda], tts: [openvino:NPU], vad: [openvino:NPU], mt: [ctranslate2:cuda],"
+        " speaker: [openvino:NPU]}\ndefault_models: [silero-vad-v6]\n"
+    )
+    monkeypatch.setenv("APPLIANCE_MODELS__STORE", str(store.root))
+    monkeypatch.setenv("APPLIANCE_HW__PROFILES_DIR", str(profiles))
+    device = Device.open(load_settings())
+    with pytest.raises(ModelUnavailable, match="no runtime could run silero-vad-v6.*OpenVINO sees no NPU"), \
+            device.pool.use("silero-vad-v6"):
+        pass
