@@ -1,0 +1,169 @@
+"""One speaker's stream: endpointing, partial transcripts committed by local agreement, speculative finals.
+
+Partials: every `partial_interval_s` of new speech the utterance so far is transcribed; the words two
+consecutive hypotheses agree on are committed (LocalAgreement-2) and never taken back. Final: started at
+the first silent window (SpeechPaused) so that decoding overlaps the hangover, discarded if speech resumes,
+and delivered when the hangover ends the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from appliance.voice.asr import AsrOptions, AsrResult
+from appliance.voice.endpoint import Endpointer, SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
+from appliance.voice.scheduler import AsrScheduler
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A partial or final hypothesis of one utterance."""
+
+    utterance: int
+    text: str
+    committed: str  # the prefix that will not change any more (the whole text when final)
+    final: bool
+    start: float  # stream time of the speech start
+    end: float  # stream time of the last speech (final only; else the audio end so far)
+    result: AsrResult | None = field(default=None, repr=False)
+
+
+ListenerEvent = Transcript | SpeechStarted | SpeechEnded
+Emit = Callable[[ListenerEvent], Awaitable[None]]
+
+
+@dataclass
+class ListenerStats:
+    speculative_hits: int = 0  # finals whose speculative pass was used
+    speculative_misses: int = 0  # speculative passes discarded because speech resumed
+    partials: int = 0
+
+
+class Listener:
+    def __init__(self, endpointer: Endpointer, scheduler: AsrScheduler, options: AsrOptions, emit: Emit,
+                 partial_interval_s: float = 0.6, partials: bool = True) -> None:
+        self.endpointer = endpointer
+        self.scheduler = scheduler
+        self.options = options
+        self.emit = emit
+        self.partial_interval_s = partial_interval_s
+        self.partials = partials
+        self.stream = f"stream-{next(_ids)}"
+        self.stats = ListenerStats()
+        self._utterance = 0
+        self._start = 0.0
+        self._last_partial_at = 0.0
+        self._partial_task: asyncio.Task[None] | None = None
+        self._final_task: asyncio.Task[AsrResult | None] | None = None
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._previous: tuple[str, ...] = ()
+        self._committed: tuple[str, ...] = ()
+        self._pause_time = 0.0
+
+    async def feed(self, samples: np.ndarray) -> None:
+        """16 kHz mono float32 samples, in stream order."""
+        events = await asyncio.to_thread(self.endpointer.process, samples)
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self._begin(event)
+                await self.emit(event)
+            elif isinstance(event, SpeechPaused):
+                self._pause_time = event.time
+                self._final_task = asyncio.create_task(self._final_pass(event.audio))
+            elif isinstance(event, SpeechResumed):
+                self._discard_speculation()
+            elif isinstance(event, SpeechEnded):
+                await self.emit(event)
+                self._finish(event)
+        if self.partials and self.endpointer.in_speech and self._final_task is None:
+            position = self.endpointer.position
+            idle = self._partial_task is None or self._partial_task.done()
+            if idle and position - self._last_partial_at >= self.partial_interval_s:
+                self._last_partial_at = position
+                self._partial_task = asyncio.create_task(self._partial_pass(self._utterance,
+                                                                            self.endpointer.utterance(), position))
+
+    async def close(self) -> None:
+        """Stop every task this stream started; pending finals are awaited so nothing said is lost."""
+        if self._partial_task:
+            self._partial_task.cancel()
+        self._discard_speculation()
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+        self.scheduler.forget(self.stream)
+
+    def _begin(self, event: SpeechStarted) -> None:
+        self._utterance = next(_ids)
+        self._start = event.time
+        self._last_partial_at = self.endpointer.position
+        self._previous, self._committed = (), ()
+
+    def _discard_speculation(self) -> None:
+        if self._final_task is not None:
+            self._final_task.cancel()
+            self._final_task = None
+            self.stats.speculative_misses += 1
+
+    async def _final_pass(self, audio: np.ndarray) -> AsrResult | None:
+        return await self.scheduler.transcribe(self.stream, audio, self.options, final=True)
+
+    def _finish(self, event: SpeechEnded) -> None:
+        speculative, self._final_task = self._final_task, None
+        if self._partial_task is not None:
+            self._partial_task.cancel()
+        utterance, start, end = self._utterance, self._start, self._pause_time if not event.forced else event.time
+        if speculative is not None:
+            self.stats.speculative_hits += 1
+        else:
+            speculative = asyncio.create_task(self._final_pass(event.audio))
+        task = asyncio.create_task(self._deliver(utterance, start, end, speculative))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _deliver(self, utterance: int, start: float, end: float, final: asyncio.Task[AsrResult | None]) -> None:
+        result = await final
+        if result is None:
+            return
+        await self.emit(Transcript(utterance, result.text, result.text, True, start, end, result))
+
+    async def _partial_pass(self, utterance: int, audio: np.ndarray, position: float) -> None:
+        options = AsrOptions(**{**self.options.__dict__, "fallback": False})
+        result = await self.scheduler.transcribe(self.stream, audio, options, final=False)
+        if result is None or utterance != self._utterance or self._final_task is not None:
+            return  # superseded, or the turn moved on
+        words = result.words
+        agreed = _common_prefix(self._previous, words)
+        if len(agreed) > len(self._committed):
+            self._committed = agreed
+        self._previous = words
+        self.stats.partials += 1
+        text = " ".join(self._committed + words[len(self._committed):]) if _starts_with(words, self._committed) \
+            else " ".join(words)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.emit(Transcript(utterance, text, " ".join(self._committed), False, self._start, position,
+                                       result))
+
+
+def _common_prefix(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if _norm(x) != _norm(y):
+            break
+        n += 1
+    return b[:n]
+
+
+def _starts_with(words: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
+    return len(words) >= len(prefix) and all(_norm(a) == _norm(b) for a, b in zip(words, prefix, strict=False))
+
+
+def _norm(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
