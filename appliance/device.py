@@ -6,7 +6,9 @@ Entry points (CLI, supervisor) build one Device and pass its parts down; nothing
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
@@ -15,6 +17,10 @@ from appliance.hw.profiles import Candidate
 from appliance.models import Catalog, ModelStore, default_store_path, load_catalog
 from appliance.models.residency import ModelPool
 from appliance.runtime import Backend, BackendContext, Selection, make_backends, select
+from appliance.voice.asr import WhisperAsr
+from appliance.voice.mt import BergamotTranslator, Translator, UpstreamTranslator
+from appliance.voice.stack import VoiceStack
+from appliance.voice.tts import PiperVoice, Voice
 
 
 class ModelUnavailable(ApplianceError):
@@ -32,6 +38,7 @@ class Device:
     threads: int
     pool: ModelPool = field(init=False)
     selections: dict[str, Selection] = field(default_factory=dict)
+    _held: ExitStack = field(default_factory=ExitStack)
 
     @classmethod
     def open(cls, settings: Settings) -> Device:
@@ -66,3 +73,32 @@ class Device:
         if selection.winner is None:
             raise ModelUnavailable(f"no runtime could run {model_id} on this device: {selection.reason}")
         return selection
+
+    def hold(self, model_id: str) -> Any:
+        """Load (once) and keep a model resident for the device's lifetime; its runtime handle."""
+        return self._held.enter_context(self.pool.use(model_id)).handle
+
+    def voice_stack(self) -> VoiceStack:
+        """Everything provisioned that the voice core can use: ASR, VAD, voices, translators."""
+        available = [m for m in self.catalog.models if self.store.is_active(m.id)]
+        asr: dict[str, WhisperAsr] = {}
+        for entry in sorted((m for m in available if m.kind == "whisper"), key=lambda m: "en" not in m.languages):
+            asr[entry.id] = WhisperAsr(self.hold(entry.id), self.store.resolve(entry.id).file("ct2"))
+        vad = next((m for m in available if m.kind == "silero-vad"), None)
+        voices: dict[str, Voice] = {}
+        for entry in (m for m in available if m.kind == "piper"):
+            files = self.store.resolve(entry.id)
+            voice = PiperVoice(self.hold(entry.id), files.file("onnx", ".onnx.json"))
+            voices.setdefault(voice.language, voice)
+        translators: list[Translator] = []
+        bergamot = [self.hold(m.id) for m in available if m.kind == "bergamot"]
+        if bergamot:
+            translators.append(BergamotTranslator(bergamot))
+        upstream = self.settings.upstream
+        if upstream.base_url:
+            key = upstream.api_key.get_secret_value() if upstream.api_key else None
+            translators.append(UpstreamTranslator(upstream.base_url, key, timeout_s=upstream.timeout_s))
+        return VoiceStack(asr, self.hold(vad.id) if vad else None, voices, translators)
+
+    def close(self) -> None:
+        self._held.close()

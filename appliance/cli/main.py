@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from appliance.cli import config_cmd, doctor_cmd, models_cmd
+from appliance.cli import bench_cmd, config_cmd, doctor_cmd, models_cmd, voice_cmd
 from appliance.cli.state import CliState
 from appliance.errors import ApplianceError
 
@@ -22,7 +22,11 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(bench_cmd.app, name="bench")
 app.command("doctor")(doctor_cmd.doctor)
+app.command("transcribe")(voice_cmd.transcribe)
+app.command("speak")(voice_cmd.speak)
+app.command("interpret")(voice_cmd.interpret)
 
 
 @app.callback()

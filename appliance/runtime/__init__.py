@@ -8,6 +8,7 @@ from appliance.runtime.base import (
     TensorSession,
     TensorSpec,
 )
+from appliance.runtime.bergamot_backend import BergamotBackend
 from appliance.runtime.coreml_backend import CoreMlBackend
 from appliance.runtime.ctranslate2_backend import CTranslate2Backend
 from appliance.runtime.litert_backend import LiteRtBackend
@@ -23,6 +24,7 @@ BACKEND_TYPES: tuple[type[Backend], ...] = (
     CoreMlBackend,
     CTranslate2Backend,
     RknnBackend,
+    BergamotBackend,
 )
 
 

@@ -109,11 +109,22 @@ def whisper(model_handle: Any, model: ModelFiles) -> str:
     return f"{detail}silence decodes to {len(result.sequences_ids[0])} tokens"
 
 
+def bergamot(model_handle: Any, model: ModelFiles) -> str:
+    """A short sentence in the source language comes out as different, non-empty text."""
+    sample = {"en": "Good morning, how can I help you?", "pt": "Bom dia, como posso ajudar?"}
+    source = sample.get(model_handle.pair[0], sample["en"])
+    out = model_handle.translate(source)
+    if not out.strip() or out.strip() == source:
+        raise ModelRejected(f"translation of {source!r} gave {out!r}")
+    return f"{source!r} → {out!r}"
+
+
 SMOKE: dict[str, Callable[[Any, ModelFiles], str]] = {
     "silero-vad": silero_vad,
     "piper": piper,
     "speaker-embedder": speaker_embedder,
     "whisper": whisper,
+    "bergamot": bergamot,
 }
 
 

@@ -34,9 +34,10 @@ class Transcript:
     start: float  # stream time of the speech start
     end: float  # stream time of the last speech (final only; else the audio end so far)
     result: AsrResult | None = field(default=None, repr=False)
+    provisional: bool = False  # a speculative final, ready before the hangover confirmed the end of the turn
 
 
-ListenerEvent = Transcript | SpeechStarted | SpeechEnded
+ListenerEvent = Transcript | SpeechStarted | SpeechResumed | SpeechEnded
 Emit = Callable[[ListenerEvent], Awaitable[None]]
 
 
@@ -49,13 +50,14 @@ class ListenerStats:
 
 class Listener:
     def __init__(self, endpointer: Endpointer, scheduler: AsrScheduler, options: AsrOptions, emit: Emit,
-                 partial_interval_s: float = 0.6, partials: bool = True) -> None:
+                 partial_interval_s: float = 0.6, partials: bool = True, speculative: bool = True) -> None:
         self.endpointer = endpointer
         self.scheduler = scheduler
         self.options = options
         self.emit = emit
         self.partial_interval_s = partial_interval_s
         self.partials = partials
+        self.speculative = speculative
         self.stream = f"stream-{next(_ids)}"
         self.stats = ListenerStats()
         self._utterance = 0
@@ -77,9 +79,11 @@ class Listener:
                 await self.emit(event)
             elif isinstance(event, SpeechPaused):
                 self._pause_time = event.time
-                self._final_task = asyncio.create_task(self._final_pass(event.audio))
+                if self.speculative:
+                    self._final_task = asyncio.create_task(self._final_pass(event.audio))
             elif isinstance(event, SpeechResumed):
                 self._discard_speculation()
+                await self.emit(event)
             elif isinstance(event, SpeechEnded):
                 await self.emit(event)
                 self._finish(event)
@@ -112,8 +116,13 @@ class Listener:
             self._final_task = None
             self.stats.speculative_misses += 1
 
-    async def _final_pass(self, audio: np.ndarray) -> AsrResult | None:
-        return await self.scheduler.transcribe(self.stream, audio, self.options, final=True)
+    async def _final_pass(self, audio: np.ndarray, speculative: bool = True) -> AsrResult | None:
+        result = await self.scheduler.transcribe(self.stream, audio, self.options, final=True)
+        if speculative and result is not None and self._final_task is asyncio.current_task():
+            # Still paused: let the application prepare its answer while the hangover runs out.
+            await self.emit(Transcript(self._utterance, result.text, result.text, True, self._start,
+                                       self._pause_time, result, provisional=True))
+        return result
 
     def _finish(self, event: SpeechEnded) -> None:
         speculative, self._final_task = self._final_task, None
@@ -123,7 +132,7 @@ class Listener:
         if speculative is not None:
             self.stats.speculative_hits += 1
         else:
-            speculative = asyncio.create_task(self._final_pass(event.audio))
+            speculative = asyncio.create_task(self._final_pass(event.audio, speculative=False))
         task = asyncio.create_task(self._deliver(utterance, start, end, speculative))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)

@@ -1,0 +1,187 @@
+"""`appliance bench voice`: voice-to-voice latency of the streaming pipeline against a naive baseline with
+the same models, measured in one run on real speech fed in real time; WER; TTS first audio and speed;
+a TTS → ASR round trip.
+
+Latency of a turn = the moment the frame holding the prompt's last speech sample is fed → the moment the
+first synthesised chunk after it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from appliance.bench.corpus import Prompt, last_speech_sample, load_prompts
+from appliance.bench.text import wer
+from appliance.bot.echo import EchoBot
+from appliance.interpret.session import Interpreter
+from appliance.voice.asr import AsrOptions
+from appliance.voice.conversation import Conversation, OutEvent, Speech
+from appliance.voice.endpoint import EndpointOptions
+from appliance.voice.listener import Transcript
+from appliance.voice.stack import VoiceStack
+
+FRAME = 320  # 20 ms at 16 kHz
+LEAD_S, TAIL_S = 0.5, 2.0
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    speculative: bool  # final pass starts at the first silent window
+    fast_window: bool  # encoder window sized to the utterance
+    chunking: bool  # TTS speaks phrase by phrase
+    partials: bool
+    hangover_ms: int
+
+
+STREAMING = Mode("streaming", True, True, True, True, 200)
+# What a typical voice-agent stack does: confirm the end of speech, transcribe with the 30 s window,
+# synthesise the whole answer before any sound.
+NAIVE = Mode("naive", False, False, False, False, 250)
+
+
+@dataclass
+class Turn:
+    prompt: str
+    latency_s: float | None
+    heard: str
+    said: str
+
+
+async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> Turn:
+    """Feed one prompt in real time through a conversation; measure from its last speech sample."""
+    said: list[str] = []
+    heard: list[str] = []
+    first_after: list[float] = []
+    last_fed: list[float] = []
+
+    async def output(event: OutEvent) -> None:
+        if isinstance(event, Speech):
+            if last_fed and not first_after:
+                first_after.append(event.produced_at)
+            said.append(event.chunk.text)
+
+    async def keep_final(t: Transcript) -> None:
+        if t.final and t.text:
+            heard.append(t.text)
+
+    options = AsrOptions(language=prompt.language, task="translate" if task == "interpret" else "transcribe",
+                         fast_window=mode.fast_window)
+    endpoint = EndpointOptions(hangover_ms=mode.hangover_ms)
+    tts = stack.tts("en", chunking=mode.chunking)
+    conversation: Conversation
+
+    async def say(text: str, utterance: int) -> None:
+        await conversation.say(text, utterance)
+
+    bot: EchoBot | Interpreter = EchoBot(output) if task == "echo" else Interpreter(prompt.language, "en", None,
+                                                                                 output, say, early=mode.partials)
+
+    async def respond(t: Transcript) -> str | None:
+        await keep_final(t)
+        return await bot.respond(t)
+
+    conversation = Conversation(
+        lambda emit: stack.listener(options, emit, partials=mode.partials, speculative=mode.speculative,
+                                    endpoint=endpoint),
+        tts, respond, output, barge_in=task == "echo",
+        predict=bot.predict if isinstance(bot, EchoBot) and mode.speculative else None)
+    audio = np.concatenate([np.zeros(int(LEAD_S * 16000), np.float32), prompt.audio,
+                            np.zeros(int(TAIL_S * 16000), np.float32)])
+    last = int(LEAD_S * 16000) + last_speech_sample(prompt.audio)
+    start = time.monotonic()
+    for i in range(0, len(audio), FRAME):
+        delay = start + (i + FRAME) / 16000 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # a frame exists only once its 20 ms have been captured
+        if i <= last - 1 < i + FRAME:
+            first_after.clear()
+            last_fed.append(time.monotonic())
+        await conversation.feed(audio[i : i + FRAME])
+    deadline = time.monotonic() + 5.0
+    while not first_after and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await conversation.close()
+    latency = first_after[0] - last_fed[0] if first_after and last_fed else None
+    return Turn(prompt.name, latency, " ".join(heard), " ".join(said))
+
+
+def _stats(values: list[float]) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    return {"n": len(values), "p50_ms": round(1000 * statistics.median(ordered), 1),
+            "p95_ms": round(1000 * float(np.percentile(ordered, 95)), 1),
+            "mean_ms": round(1000 * statistics.fmean(ordered), 1)}
+
+
+async def latency_suite(stack: VoiceStack, prompts: list[Prompt], task: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode in (STREAMING, NAIVE):
+        turns = [await run_turn(stack, p, task, mode) for p in prompts]
+        latencies = [t.latency_s for t in turns if t.latency_s is not None]
+        out[mode.name] = {**_stats(latencies), "missed": sum(t.latency_s is None for t in turns),
+                          "turns": [asdict(t) for t in turns]}
+        if task == "echo":
+            out[mode.name]["wer"] = round(wer([p.text for p in prompts], [t.heard for t in turns]), 4)
+    fast, naive = out["streaming"], out["naive"]
+    if fast.get("p50_ms") and naive.get("p50_ms"):
+        out["speedup_p50"] = round(naive["p50_ms"] / fast["p50_ms"], 2)
+        out["speedup_p95"] = round(naive["p95_ms"] / fast["p95_ms"], 2)
+    return out
+
+
+async def tts_suite(stack: VoiceStack, texts: list[str]) -> dict[str, Any]:
+    tts = stack.tts("en")
+    firsts, rtfs, round_trip_refs, round_trip_hyps = [], [], [], []
+    asr = stack.asr[stack.asr_model("en", "transcribe")]
+    for text in texts:
+        start = time.perf_counter()
+        stream = tts.stream(text)
+        chunks: list[np.ndarray] = []
+        async for chunk in stream:
+            if not chunks:
+                firsts.append(time.perf_counter() - start)
+            chunks.append(chunk.audio)
+        start = time.perf_counter()
+        whole = await asyncio.to_thread(tts.synthesize, text)
+        rtfs.append((time.perf_counter() - start) / (len(whole) / tts.out_rate))
+        from appliance.audio import resample
+
+        heard = await asyncio.to_thread(asr.transcribe, resample(whole, tts.out_rate, 16000), AsrOptions(language="en"))
+        round_trip_refs.append(text)
+        round_trip_hyps.append(heard.text)
+    return {"first_audio": _stats(firsts), "rtf_mean": round(statistics.fmean(rtfs), 3),
+            "rtf_max": round(max(rtfs), 3), "round_trip_wer": round(wer(round_trip_refs, round_trip_hyps), 4)}
+
+
+async def run(stack: VoiceStack, limit: int) -> dict[str, Any]:
+    en = load_prompts("en", limit)
+    es = load_prompts("es", limit)
+    warm = en[0].audio
+    for model_id in stack.asr:  # load and warm every model before timing anything
+        stack.asr[model_id].transcribe(warm, AsrOptions(language="en"))
+    stack.voice("en").synthesize("Warming up.")
+    results: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": _cores(),
+                    "python": platform.python_version()},
+        "prompts": {"en": len(en), "es": len(es)},
+        "echo_en": await latency_suite(stack, en, "echo"),
+        "interpret_es_en": await latency_suite(stack, es, "interpret"),
+        "tts": await tts_suite(stack, [p.text for p in en[:10]]),
+    }
+    await stack.stop()
+    return results
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)

@@ -1,0 +1,59 @@
+"""`appliance bench …`: benchmarks that print a table and write JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from appliance.cli.state import CliState
+
+app = typer.Typer(help="Benchmarks (figures as ratios against a baseline measured in the same run).",
+                  no_args_is_help=True)
+
+
+@app.command("voice")
+def voice(
+    ctx: typer.Context,
+    limit: int = typer.Option(20, min=1, help="Prompts per language."),
+    out: Path = typer.Option(Path("bench-results/voice.json"), "--json", help="Where to write the JSON."),
+) -> None:
+    """Voice-to-voice latency (echo bot, es→en interpretation) vs a naive baseline; WER; TTS speed."""
+    from appliance.bench.voice import run
+
+    state: CliState = ctx.obj
+    stack = state.device.voice_stack()
+    Console(stderr=True).print(f"feeding {limit} prompts per language in real time; this takes a few minutes…")
+    results = asyncio.run(run(stack, limit))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    render(results)
+    Console().print(f"JSON: {out}")
+
+
+def render(results: dict[str, Any]) -> None:
+    table = Table(title="Voice-to-voice latency (last speech sample in → first synthesised sample out)")
+    for col in ("pipeline", "mode", "n", "p50 ms", "p95 ms", "missed", "WER", "speed-up p50 / p95"):
+        table.add_column(col)
+    for key, label in (("echo_en", "English echo"), ("interpret_es_en", "es→en interpretation")):
+        suite = results[key]
+        for mode in ("streaming", "naive"):
+            r = suite[mode]
+            speedup = f"{suite.get('speedup_p50', '-')}× / {suite.get('speedup_p95', '-')}×" if mode == "streaming" \
+                else "baseline"
+            wer = f"{100 * r['wer']:.1f} %" if "wer" in r else "-"
+            table.add_row(label, mode, str(r["n"]), str(r.get("p50_ms", "-")), str(r.get("p95_ms", "-")),
+                          str(r["missed"]), wer, speedup)
+    Console().print(table)
+    tts = results["tts"]
+    table = Table(title="TTS (Piper, phrase streaming)")
+    for col in ("first audio p50 ms", "first audio p95 ms", "RTF mean", "RTF max", "round-trip WER"):
+        table.add_column(col)
+    table.add_row(str(tts["first_audio"].get("p50_ms")), str(tts["first_audio"].get("p95_ms")), str(tts["rtf_mean"]),
+                  str(tts["rtf_max"]), f"{100 * tts['round_trip_wer']:.1f} %")
+    Console().print(table)

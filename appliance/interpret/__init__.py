@@ -1,0 +1,1 @@
+"""Interpretation: speech in one language becomes speech in another, phrase by phrase."""

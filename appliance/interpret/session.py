@@ -1,0 +1,66 @@
+"""An interpretation session: speech in language A, captions in A and B, speech in B.
+
+Clauses are spoken as soon as the listener commits them (the words two partial hypotheses agree on end
+in clause punctuation), not only at the end of the turn; the final speaks whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+
+from appliance.voice.conversation import Caption, OutEvent
+from appliance.voice.listener import Transcript
+from appliance.voice.mt import Translator
+
+_CLAUSE_END = re.compile(r"[.,;:!?]$")
+
+
+class Interpreter:
+    """The responder for a Conversation. ``translator`` is None when the ASR already outputs the target
+    language (Whisper's speech-to-English task)."""
+
+    def __init__(self, source: str, target: str, translator: Translator | None,
+                 output: Callable[[OutEvent], Awaitable[None]], say: Callable[[str, int], Awaitable[None]],
+                 early: bool = True) -> None:
+        self.source, self.target = source, target
+        self.translator = translator
+        self.output = output
+        self.say = say
+        self.early = early
+        self._spoken: dict[int, int] = {}  # utterance -> words already handed to TTS
+
+    async def respond(self, transcript: Transcript) -> str | None:
+        words = transcript.committed.split() if not transcript.final else transcript.text.split()
+        done = self._spoken.get(transcript.utterance, 0)
+        if not transcript.final:
+            await self.output(Caption(transcript.utterance, transcript.text, None, False))
+            cut = _last_clause_end(words)
+            if not self.early or cut <= done:
+                return None
+            piece, self._spoken[transcript.utterance] = " ".join(words[done:cut]), cut
+            await self.say(await self._translate(piece), transcript.utterance)
+            return None
+        self._spoken.pop(transcript.utterance, None)
+        rest = " ".join(words[done:])
+        translated = await self._translate(rest) if rest else ""
+        if translated:
+            await self.say(translated, transcript.utterance)  # speak first, caption after: latency matters
+        whole = await self._translate(transcript.text) if done and self.translator else None
+        await self.output(Caption(transcript.utterance, transcript.text, whole or translated, True))
+        return None
+
+    async def _translate(self, text: str) -> str:
+        if self.translator is None or not text.strip():
+            return text
+        translator = self.translator
+        return await asyncio.to_thread(translator.translate, text, self.source, self.target)
+
+
+def _last_clause_end(words: list[str]) -> int:
+    """Number of words up to and including the last one that ends a clause."""
+    for i in range(len(words), 0, -1):
+        if _CLAUSE_END.search(words[i - 1]):
+            return i
+    return 0

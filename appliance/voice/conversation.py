@@ -1,0 +1,182 @@
+"""Full duplex for one stream: audio in → listener → a responder's text → streaming TTS → audio out.
+
+Barge-in: when the listener hears speech start while the device is speaking, the TTS stream is closed
+and a Flush tells the transport to drop what it has buffered, so playout stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.voice.endpoint import SpeechEnded, SpeechResumed, SpeechStarted
+from appliance.voice.listener import Listener, ListenerEvent, Transcript
+from appliance.voice.tts import StreamingTts, TtsChunk
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Synthesised audio to play, in order."""
+
+    chunk: TtsChunk
+    utterance: int  # the user's utterance this answers
+    first: bool  # the first chunk of a response
+    produced_at: float  # time.monotonic() when it was ready
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Drop any buffered playout now (barge-in)."""
+
+    time: float  # stream time of the speech that interrupted
+
+
+@dataclass(frozen=True)
+class Caption:
+    """Text for the screen: what was heard and, when interpreting, what it means."""
+
+    utterance: int
+    source: str
+    target: str | None
+    final: bool
+
+
+OutEvent = Speech | Flush | Caption | SpeechStarted | SpeechEnded
+Output = Callable[[OutEvent], Awaitable[None]]
+# Turns a transcript into text to speak (None: say nothing), may also emit captions.
+Responder = Callable[[Transcript], Awaitable[str | None]]
+# Side-effect-free guess of what the responder will say for a final, used on a speculative final to
+# synthesise the first phrase while the endpointer's hangover is still running.
+Predictor = Callable[[Transcript], str | None]
+
+
+@dataclass
+class _Prepared:
+    utterance: int
+    text: str
+    task: asyncio.Task[tuple[AsyncGenerator[TtsChunk, None], TtsChunk | None]]
+
+
+class Conversation:
+    def __init__(self, make_listener: Callable[[Callable[[ListenerEvent], Awaitable[None]]], Listener],
+                 tts: StreamingTts, respond: Responder, output: Output, barge_in: bool = True,
+                 predict: Predictor | None = None) -> None:
+        self.listener = make_listener(self._on_listener)
+        self.tts = tts
+        self.respond = respond
+        self.predict = predict
+        self._prepared: _Prepared | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.output = output
+        self.barge_in = barge_in
+        self._speaking: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[tuple[int, str, _Prepared | None]] = asyncio.Queue()
+        self._speaker = asyncio.create_task(self._speak_loop(), name="conversation-speaker")
+        self.barge_ins = 0
+
+    async def feed(self, samples: np.ndarray) -> None:
+        await self.listener.feed(samples)
+
+    async def say(self, text: str, utterance: int = 0) -> None:
+        """Queue text to speak after what is already queued (used by responders that speak early)."""
+        await self._queue.put((utterance, text, None))
+
+    async def close(self) -> None:
+        await self.listener.close()
+        self._drop_prepared()
+        await self._queue.join()
+        self._speaker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._speaker
+
+    async def _on_listener(self, event: ListenerEvent) -> None:
+        if isinstance(event, SpeechStarted):
+            self._drop_prepared()
+            if self.barge_in:
+                await self._interrupt(event.time)
+            await self.output(event)
+        elif isinstance(event, SpeechResumed):
+            self._drop_prepared()
+        elif isinstance(event, SpeechEnded):
+            await self.output(event)
+        elif event.provisional:
+            text = self.predict(event) if self.predict else None
+            if text:
+                self._drop_prepared()
+                self._prepared = _Prepared(event.utterance, text, asyncio.create_task(self._prepare(text)))
+        else:
+            text = await self.respond(event)
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None and (prepared.utterance, prepared.text) != (event.utterance, text):
+                self._discard(prepared)
+                prepared = None
+            if text:
+                await self._queue.put((event.utterance, text, prepared))
+
+    def _drop_prepared(self) -> None:
+        if self._prepared is not None:
+            self._discard(self._prepared)
+            self._prepared = None
+
+    def _discard(self, prepared: _Prepared) -> None:
+        """Abandon a prepared answer; a started TTS stream is closed (its lookahead cancelled) in the background."""
+        prepared.task.cancel()
+        if prepared.task.done() and not prepared.task.cancelled() and prepared.task.exception() is None:
+            stream, _ = prepared.task.result()
+            closing = asyncio.create_task(stream.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _prepare(self, text: str) -> tuple[AsyncGenerator[TtsChunk, None], TtsChunk | None]:
+        stream = self.tts.stream(text)
+        first = await anext(stream, None)
+        return stream, first
+
+    async def _interrupt(self, time_s: float) -> None:
+        dropped = 0
+        while not self._queue.empty():
+            _, _, prepared = self._queue.get_nowait()
+            if prepared is not None:
+                self._discard(prepared)
+            self._queue.task_done()
+            dropped += 1
+        if self._speaking is not None and not self._speaking.done():
+            self._speaking.cancel()
+            dropped += 1
+        if dropped:
+            self.barge_ins += 1
+            await self.output(Flush(time_s))
+
+    async def _speak_loop(self) -> None:
+        while True:
+            utterance, text, prepared = await self._queue.get()
+            self._speaking = asyncio.create_task(self._speak(utterance, text, prepared))
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._speaking
+            self._queue.task_done()
+
+    async def _speak(self, utterance: int, text: str, prepared: _Prepared | None) -> None:
+        first = True
+        stream: AsyncGenerator[TtsChunk, None] | None = None
+        if prepared is not None:
+            try:
+                stream, chunk = await prepared.task
+            except Exception:  # a failed preparation is redone below, never lost
+                stream = None
+            else:
+                if chunk is not None:
+                    await self.output(Speech(chunk, utterance, True, time.monotonic()))
+                    first = False
+        if stream is None:
+            stream = self.tts.stream(text)
+        try:
+            async for chunk in stream:
+                await self.output(Speech(chunk, utterance, first, time.monotonic()))
+                first = False
+        finally:
+            await stream.aclose()

@@ -1,0 +1,172 @@
+"""Streaming TTS: text is cut into phrases and each phrase is synthesised and delivered as soon as it is
+ready, so the first audio comes from the first words, not the whole sentence. Cancelling stops at once.
+
+Voices: Piper (VITS ONNX through the runtime layer; espeak-ng phonemes via piper-tts's bundled bridge),
+and an espeak-ng fallback for languages with no Piper voice, labelled as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from appliance.audio import AudioError, read_audio, resample
+from appliance.errors import ApplianceError
+from appliance.runtime.base import TensorSession
+
+_PHONEMIZER_LOCK = threading.Lock()  # espeak-ng keeps one global voice: phonemize one text at a time
+
+
+class TtsError(ApplianceError):
+    """Synthesis cannot be done as asked (no voice for a language, empty text)."""
+
+
+@dataclass(frozen=True)
+class TtsChunk:
+    audio: np.ndarray  # float32 mono
+    sample_rate: int
+    text: str  # the phrase this audio says
+    voice: str  # voice label, e.g. "piper:en_US-joe-medium" or "espeak-ng:es (fallback)"
+    fallback: bool
+
+
+class Voice(Protocol):
+    label: str
+    language: str
+    sample_rate: int
+    fallback: bool
+
+    def synthesize(self, text: str) -> np.ndarray:
+        """Blocking synthesis of one phrase: float32 mono at ``sample_rate``."""
+        ...
+
+
+class PiperVoice:
+    fallback = False
+
+    def __init__(self, session: TensorSession, config_path: Path) -> None:
+        config = json.loads(config_path.read_text())
+        self._session = session
+        self._id_map: dict[str, list[int]] = config["phoneme_id_map"]
+        self._espeak_voice = config["espeak"]["voice"]
+        inference = config.get("inference", {})
+        self._scales = np.array([inference.get("noise_scale", 0.667), inference.get("length_scale", 1.0),
+                                 inference.get("noise_w", 0.8)], np.float32)
+        self.sample_rate = int(config["audio"]["sample_rate"])
+        self.language = self._espeak_voice.split("-")[0]
+        self.label = f"piper:{config.get('dataset') or config_path.stem}"
+        from piper.phonemize_espeak import EspeakPhonemizer
+
+        with _PHONEMIZER_LOCK:
+            self._phonemizer = EspeakPhonemizer()
+
+    def phoneme_ids(self, text: str) -> list[list[int]]:
+        """Phoneme ids per sentence, with Piper's BOS/PAD/EOS framing."""
+        from piper.phoneme_ids import phonemes_to_ids
+
+        with _PHONEMIZER_LOCK:
+            sentences = self._phonemizer.phonemize(self._espeak_voice, text)
+        return [phonemes_to_ids(s, self._id_map) for s in sentences if s]
+
+    def synthesize(self, text: str) -> np.ndarray:
+        pieces = []
+        for ids in self.phoneme_ids(text):
+            out = self._session.run({"input": np.array([ids], np.int64),
+                                     "input_lengths": np.array([len(ids)], np.int64), "scales": self._scales})
+            pieces.append(next(iter(out.values())).reshape(-1).astype(np.float32))
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+class EspeakVoice:
+    """The espeak-ng synthesiser itself: robotic but intelligible, for languages without a neural voice."""
+
+    fallback = True
+    sample_rate = 22050
+
+    def __init__(self, language: str, binary: str = "espeak-ng") -> None:
+        path = shutil.which(binary)
+        if path is None:
+            raise TtsError(f"no voice for '{language}': the espeak-ng fallback is not installed "
+                           "(fix: apt-get install espeak-ng)")
+        voices = subprocess.run([path, "--voices"], capture_output=True, text=True, timeout=10).stdout
+        if not re.search(rf"^\s*\d+\s+{re.escape(language)}\b", voices, re.MULTILINE):
+            raise TtsError(f"no voice for language '{language}', not even espeak-ng's")
+        self._binary = path
+        self.language = language
+        self.label = f"espeak-ng:{language} (fallback)"
+
+    def synthesize(self, text: str) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="espeak-") as tmp:
+            wav = Path(tmp) / "out.wav"  # a file, not --stdout: its streamed header has no length
+            proc = subprocess.run([self._binary, "-v", self.language, "-w", str(wav), "--", text],
+                                  capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                raise TtsError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
+            try:
+                audio = read_audio(wav, target_rate=self.sample_rate)
+            except AudioError as exc:
+                raise TtsError(f"espeak-ng gave no usable audio: {exc}") from None
+        return audio.samples
+
+
+_BOUNDARY = re.compile(r"(?<=[,;:.!?])\s+")
+
+
+def phrases(text: str, first_words: int = 3) -> list[str]:
+    """Cut text at clause punctuation; the first phrase is at most ``first_words`` words long so that
+    synthesis of the first audio is short."""
+    parts = [p.strip() for p in _BOUNDARY.split(text.strip()) if p.strip()]
+    if not parts:
+        return []
+    head = parts[0].split()
+    if len(head) > first_words:
+        parts[0:1] = [" ".join(head[:first_words]), " ".join(head[first_words:])]
+    return parts
+
+
+class StreamingTts:
+    """Phrase-level streaming over a Voice, resampled to the transport's rate, one phrase synthesised ahead."""
+
+    def __init__(self, voice: Voice, out_rate: int | None = None, first_words: int = 3, chunking: bool = True) -> None:
+        self.voice = voice
+        self.out_rate = out_rate or voice.sample_rate
+        self.first_words = first_words
+        self.chunking = chunking  # False: the whole text as one phrase (the naive baseline)
+
+    async def stream(self, text: str) -> AsyncGenerator[TtsChunk, None]:
+        """Yield one chunk per phrase. Closing the iterator (barge-in) abandons the rest at once."""
+        todo = phrases(text, self.first_words) if self.chunking else [text.strip()] if text.strip() else []
+        if not todo:
+            return
+        ahead: asyncio.Task[np.ndarray] | None = asyncio.create_task(asyncio.to_thread(self._render, todo[0]))
+        try:
+            for i, phrase in enumerate(todo):
+                assert ahead is not None
+                audio = await ahead
+                ahead = asyncio.create_task(asyncio.to_thread(self._render, todo[i + 1])) if i + 1 < len(todo) else None
+                yield TtsChunk(audio, self.out_rate, phrase, self.voice.label, self.voice.fallback)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+
+    def _render(self, phrase: str) -> np.ndarray:
+        audio = self.voice.synthesize(phrase)
+        return resample(audio, self.voice.sample_rate, self.out_rate) if self.out_rate != self.voice.sample_rate \
+            else audio
+
+    def synthesize(self, text: str) -> np.ndarray:
+        """The whole text at once (blocking): for files and the naive baseline."""
+        if not text.strip():
+            raise TtsError("nothing to say: the text is empty")
+        return self._render(text)
