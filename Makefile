@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
-SYSTEM_PACKAGES := python3-venv python3-dev build-essential
+SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng \
+	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es
 PYTEST_ARGS ?=
 
 .PHONY: run test setup system venv converter models check clean

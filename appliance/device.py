@@ -5,6 +5,7 @@ Entry points (CLI, supervisor) build one Device and pass its parts down; nothing
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from appliance.voice.asr import WhisperAsr
 from appliance.voice.mt import BergamotTranslator, Translator, UpstreamTranslator
 from appliance.voice.stack import VoiceStack
 from appliance.voice.tts import PiperVoice, Voice
+
+
+log = logging.getLogger(__name__)
 
 
 class ModelUnavailable(ApplianceError):
@@ -98,7 +102,13 @@ class Device:
         if upstream.base_url:
             key = upstream.api_key.get_secret_value() if upstream.api_key else None
             translators.append(UpstreamTranslator(upstream.base_url, key, timeout_s=upstream.timeout_s))
-        return VoiceStack(asr, self.hold(vad.id) if vad else None, voices, translators)
+        vad_session = None
+        if vad is not None:
+            try:
+                vad_session = self.hold(vad.id)
+            except ModelUnavailable as exc:  # the WebRTC VAD needs no model: degrade, say why
+                log.warning("Silero VAD unavailable, using WebRTC VAD: %s", exc)
+        return VoiceStack(asr, vad_session, voices, translators)
 
     def close(self) -> None:
         self._held.close()

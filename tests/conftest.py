@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from appliance.bench.corpus import Prompt, load_prompts
+from appliance.device import Device
 from appliance.models import Catalog, ModelStore, load_catalog
 from appliance.runtime import Backend, BackendContext, make_backends
+from appliance.voice.stack import VoiceStack
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERTER_PYTHON = ROOT / ".venv-convert" / "bin" / "python"
@@ -58,3 +62,28 @@ def tflite_store(store: ModelStore, catalog: Catalog) -> ModelStore:
 
     build_derived(store, catalog.get("silero-vad-v6"), CONVERTER_PYTHON)
     return store
+
+
+@pytest.fixture(scope="session")
+def device(store: ModelStore, catalog: Catalog) -> Iterator[Device]:
+    """The wired device on this machine, using the session's store (every catalog model provisioned)."""
+    from appliance.config import Settings
+
+    dev = Device.open(Settings(models={"store": store.root}))  # type: ignore[arg-type]
+    yield dev
+    dev.close()
+
+
+@pytest.fixture(scope="session")
+def stack(device: Device) -> VoiceStack:
+    return device.voice_stack()
+
+
+@pytest.fixture(scope="session")
+def prompts_en() -> list[Prompt]:
+    return load_prompts("en", 12)
+
+
+@pytest.fixture(scope="session")
+def prompts_es() -> list[Prompt]:
+    return load_prompts("es", 6)

@@ -69,7 +69,7 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
             said.append(event.chunk.text)
 
     async def keep_final(t: Transcript) -> None:
-        if t.final and t.text:
+        if t.final and not t.provisional and t.text:
             heard.append(t.text)
 
     options = AsrOptions(language=prompt.language, task="translate" if task == "interpret" else "transcribe",

@@ -150,9 +150,22 @@ def _compression_ratio(text: str) -> float:
 
 
 def _degenerate(result: AsrResult, duration: float) -> bool:
-    """Whisper's own quality checks, plus a speaking-rate bound that catches loops in short windows."""
+    """Whisper's compression-ratio check, plus the loops a short window provokes: a phrase said twice in a
+    row ("Agent login Agent login"), or more words than anyone speaks in that time."""
     words_per_second = len(result.words) / max(duration, 0.5)
-    return result.compression_ratio > 2.0 or result.avg_logprob < -1.0 or words_per_second > 5.0
+    return (result.compression_ratio > 2.0 or result.avg_logprob < -1.5 or words_per_second > 5.0
+            or _loops(result.words))
+
+
+def _loops(words: tuple[str, ...], min_phrase: int = 2) -> bool:
+    """True if some phrase of at least ``min_phrase`` words is immediately repeated."""
+    norm = ["".join(c for c in w.lower() if c.isalnum()) for w in words]
+    n = len(norm)
+    for size in range(min_phrase, n // 2 + 1):
+        for i in range(n - 2 * size + 1):
+            if norm[i : i + size] == norm[i + size : i + 2 * size]:
+                return True
+    return False
 
 
 def _replace(result: AsrResult, **changes: Any) -> AsrResult:

@@ -86,13 +86,18 @@ class Conversation:
         """Queue text to speak after what is already queued (used by responders that speak early)."""
         await self._queue.put((utterance, text, None))
 
-    async def close(self) -> None:
+    async def close(self, drain: bool = False) -> None:
+        """End the stream: pending finals are still answered; with ``drain`` the answers are spoken to the
+        end, otherwise speech in progress stops (a hung-up caller hears nothing anyway)."""
         await self.listener.close()
         self._drop_prepared()
-        await self._queue.join()
-        self._speaker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._speaker
+        if drain:
+            await self._queue.join()
+        for task in (self._speaker, self._speaking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _on_listener(self, event: ListenerEvent) -> None:
         if isinstance(event, SpeechStarted):

@@ -69,6 +69,7 @@ class Listener:
         self._previous: tuple[str, ...] = ()
         self._committed: tuple[str, ...] = ()
         self._pause_time = 0.0
+        self._partial_cost = 0.0  # compute seconds of the last partial pass
 
     async def feed(self, samples: np.ndarray) -> None:
         """16 kHz mono float32 samples, in stream order."""
@@ -90,7 +91,9 @@ class Listener:
         if self.partials and self.endpointer.in_speech and self._final_task is None:
             position = self.endpointer.position
             idle = self._partial_task is None or self._partial_task.done()
-            if idle and position - self._last_partial_at >= self.partial_interval_s:
+            # A slow model gets fewer partials, so that a final never queues behind many of them.
+            interval = max(self.partial_interval_s, 2 * self._partial_cost)
+            if idle and position - self._last_partial_at >= interval:
                 self._last_partial_at = position
                 self._partial_task = asyncio.create_task(self._partial_pass(self._utterance,
                                                                             self.endpointer.utterance(), position))
@@ -148,6 +151,7 @@ class Listener:
         result = await self.scheduler.transcribe(self.stream, audio, options, final=False)
         if result is None or utterance != self._utterance or self._final_task is not None:
             return  # superseded, or the turn moved on
+        self._partial_cost = result.compute_s
         words = result.words
         agreed = _common_prefix(self._previous, words)
         if len(agreed) > len(self._committed):

@@ -75,5 +75,7 @@ class VoiceStack:
         return MtRouter(self.translators, speech_to_english=any(a.multilingual for a in self.asr.values()))
 
     async def stop(self) -> None:
+        """Stop the schedulers' workers (they belong to the running event loop)."""
         for scheduler in self.schedulers.values():
             await scheduler.stop()
+        self.schedulers.clear()

@@ -1,0 +1,121 @@
+"""The streaming pipeline on real speech: partials, speculative finals, streaming equal to batch, barge-in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from appliance.audio import AudioFrame
+from appliance.bench.corpus import Prompt
+from appliance.bench.text import wer
+from appliance.bot.echo import EchoBot
+from appliance.voice.asr import AsrOptions
+from appliance.voice.conversation import Conversation, Flush, OutEvent, Speech
+from appliance.voice.endpoint import SpeechStarted
+from appliance.voice.listener import ListenerEvent, Transcript
+from appliance.voice.playout import Playout
+from appliance.voice.stack import VoiceStack
+
+SILENCE = np.zeros(16000, np.float32)
+
+
+async def feed(target: object, audio: np.ndarray, realtime: bool = False) -> None:
+    start = time.monotonic()
+    for i in range(0, len(audio), 320):
+        if realtime:
+            await asyncio.sleep(max(0.0, start + (i + 320) / 16000 - time.monotonic()))
+        await target.feed(audio[i : i + 320])  # type: ignore[attr-defined]
+
+
+def test_streaming_finals_match_batch(stack: VoiceStack, prompts_en: list[Prompt]) -> None:
+    chosen = prompts_en[1:7]
+    events: list[ListenerEvent] = []
+
+    async def emit(event: ListenerEvent) -> None:
+        events.append(event)
+
+    async def run() -> None:
+        listener = stack.listener(AsrOptions(language="en"), emit)
+        for prompt in chosen:
+            await feed(listener, np.concatenate([prompt.audio, SILENCE]), realtime=True)
+        await listener.close()
+        assert listener.stats.speculative_hits >= len(chosen)
+        await stack.stop()
+
+    asyncio.run(run())
+    finals = [e for e in events if isinstance(e, Transcript) and e.final and not e.provisional]
+    partials = [e for e in events if isinstance(e, Transcript) and not e.final]
+    assert partials, "partial hypotheses while speaking"
+    for a, b in zip(partials, partials[1:], strict=False):  # committed text only grows within an utterance
+        if a.utterance == b.utterance:
+            assert b.committed.startswith(a.committed)
+    asr = stack.asr["whisper-tiny-en"]
+    batch = " ".join(asr.transcribe(p.audio, AsrOptions(language="en")).text for p in chosen)
+    streamed = " ".join(f.text for f in finals)
+    assert wer([batch], [streamed]) <= 0.1, (batch, streamed)
+
+
+def test_barge_in_stops_playout_within_100_ms(stack: VoiceStack, prompts_en: list[Prompt]) -> None:
+    played: list[tuple[float, int]] = []
+    detected: list[float] = []
+    flushes: list[float] = []
+
+    async def run() -> None:
+        async def sink(frame: AudioFrame, utterance: int) -> None:
+            played.append((time.monotonic(), utterance))
+
+        playout = Playout(sink, 16000)
+
+        async def output(event: OutEvent) -> None:
+            if isinstance(event, SpeechStarted):
+                detected.append(time.monotonic())
+            if isinstance(event, Flush):
+                flushes.append(time.monotonic())
+            await playout.handle(event)
+
+        bot = EchoBot(output)
+        conversation = Conversation(lambda emit: stack.listener(AsrOptions(language="en"), emit),
+                                    stack.tts("en", out_rate=16000), bot.respond, output, predict=bot.predict)
+        long_prompt = max(prompts_en, key=lambda p: p.duration)
+        await feed(conversation, np.concatenate([long_prompt.audio, SILENCE]), realtime=True)
+        deadline = time.monotonic() + 5
+        while not played and time.monotonic() < deadline:
+            await conversation.feed(np.zeros(320, np.float32))
+            await asyncio.sleep(0.02)
+        assert played and playout.busy, "the bot is speaking"
+        await feed(conversation, prompts_en[0].audio, realtime=True)  # the caller talks over the bot
+        await conversation.close()
+        await playout.close()
+        await stack.stop()
+
+    asyncio.run(run())
+    first_utterance = played[0][1]
+    interrupt = detected[-1]
+    assert flushes and flushes[-1] - interrupt < 0.1
+    late = [t for t, u in played if u == first_utterance and t > interrupt + 0.1]
+    assert late == [], f"{len(late)} frames of the interrupted answer played more than 100 ms after speech"
+
+
+def test_speech_resuming_discards_the_speculative_final(stack: VoiceStack, prompts_en: list[Prompt]) -> None:
+    events: list[ListenerEvent] = []
+
+    async def emit(event: ListenerEvent) -> None:
+        events.append(event)
+
+    async def run() -> None:
+        from appliance.voice.endpoint import EndpointOptions
+
+        listener = stack.listener(AsrOptions(language="en"), emit, endpoint=EndpointOptions(hangover_ms=600))
+        gap = np.zeros(int(0.3 * 16000), np.float32)
+        await feed(listener, np.concatenate([prompts_en[3].audio, gap, prompts_en[4].audio, SILENCE]), realtime=True)
+        await listener.close()
+        assert listener.stats.speculative_misses >= 1
+        await stack.stop()
+
+    asyncio.run(run())
+    finals = [e for e in events if isinstance(e, Transcript) and e.final and not e.provisional]
+    assert len(finals) == 1  # one turn: the pause was shorter than the hangover
+    assert wer([prompts_en[3].text + " " + prompts_en[4].text], [finals[0].text]) <= 0.2
+    assert isinstance(events[0], SpeechStarted) and any(isinstance(e, Speech) for e in events) is False

@@ -1,0 +1,100 @@
+"""Streaming TTS (Piper and the espeak-ng fallback) and translation (Bergamot, routing, upstream errors)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from appliance.audio import resample
+from appliance.bench.text import normalise, wer
+from appliance.errors import ApplianceError
+from appliance.voice.asr import AsrOptions
+from appliance.voice.mt import UnsupportedPair, UpstreamTranslator
+from appliance.voice.stack import VoiceStack
+from appliance.voice.tts import TtsError, phrases
+
+SENTENCE = "That agent is already logged on. Please enter your agent number, followed by the pound key."
+
+
+def test_phrases_put_few_words_first() -> None:
+    assert phrases(SENTENCE) == ["That agent is", "already logged on.", "Please enter your agent number,",
+                                 "followed by the pound key."]
+    assert phrases("  ") == []
+
+
+def test_streaming_first_chunk_is_short_and_the_whole_is_intelligible(stack: VoiceStack) -> None:
+    tts = stack.tts("en", out_rate=16000)
+
+    async def collect() -> list[np.ndarray]:
+        return [chunk.audio async for chunk in tts.stream(SENTENCE)]
+
+    chunks = asyncio.run(collect())
+    assert len(chunks) == 4
+    assert len(chunks[0]) < 0.3 * sum(len(c) for c in chunks)
+    audio = np.concatenate(chunks)
+    heard = stack.asr["whisper-tiny-en"].transcribe(audio, AsrOptions(language="en")).text
+    assert wer([SENTENCE], [heard]) <= 0.15, heard
+
+
+def test_closing_the_stream_stops_synthesis(stack: VoiceStack) -> None:
+    voice = stack.voice("en")
+    calls: list[str] = []
+    original = voice.synthesize
+
+    class Counting:
+        label, language, sample_rate, fallback = voice.label, voice.language, voice.sample_rate, False
+
+        def synthesize(self, text: str) -> np.ndarray:
+            calls.append(text)
+            return original(text)
+
+    from appliance.voice.tts import StreamingTts
+
+    async def barge_in() -> None:
+        stream = StreamingTts(Counting()).stream(SENTENCE)
+        await anext(stream)
+        await stream.aclose()
+        await asyncio.sleep(0.3)
+
+    asyncio.run(barge_in())
+    assert len(calls) <= 2  # the first phrase and at most the one synthesised ahead; never the rest
+
+
+def test_espeak_fallback_is_labelled(stack: VoiceStack) -> None:
+    tts = stack.tts("es")
+    assert tts.voice.fallback and "fallback" in tts.voice.label
+    audio = tts.synthesize("Hola, buenos días.")
+    assert len(audio) / tts.out_rate > 0.5 and np.abs(audio).max() > 0.05
+    with pytest.raises(TtsError, match="empty"):
+        tts.synthesize("   ")
+    with pytest.raises(TtsError, match="no voice for 'xx'"):
+        stack.voice("xx")
+
+
+def test_bergamot_both_directions(stack: VoiceStack) -> None:
+    router = stack.router()
+    en_pt = router.route("en", "pt")
+    assert "senha" in normalise(en_pt.translate("Please enter your password.", "en", "pt"))
+    assert "password" in normalise(router.route("pt", "en").translate("Digite sua senha.", "pt", "en"))
+
+
+def test_unsupported_pair_lists_what_is_supported(stack: VoiceStack) -> None:
+    with pytest.raises(UnsupportedPair) as err:
+        stack.router().route("en", "de")
+    assert "en→pt" in str(err.value) and "pt→en" in str(err.value) and "→ en (Whisper)" in str(err.value)
+
+
+def test_unreachable_upstream_is_a_clear_error() -> None:
+    upstream = UpstreamTranslator("http://127.0.0.1:9/v1", "sk-secret", timeout_s=1.0)
+    with pytest.raises(ApplianceError, match="upstream translator at http://127.0.0.1:9/v1 failed") as err:
+        upstream.translate("hello", "en", "pt")
+    assert "sk-secret" not in str(err.value)
+
+
+def test_resampled_output_for_transports(stack: VoiceStack) -> None:
+    tts8k = stack.tts("en", out_rate=8000)
+    audio = tts8k.synthesize("Goodbye.")
+    native = stack.voice("en").synthesize("Goodbye.")
+    assert abs(len(audio) - len(resample(native, 22050, 8000))) < 8000 * 0.3

@@ -1,0 +1,71 @@
+"""transcribe, speak, interpret and bench as a user runs them; bad input gets one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from appliance.audio import read_audio
+from appliance.models import ModelStore
+from tests.test_cli import appliance
+
+EN = Path("/usr/share/asterisk/sounds/en")
+ES = Path("/usr/share/asterisk/sounds/es")
+
+
+@pytest.fixture
+def env(store: ModelStore) -> dict[str, str]:
+    return {"APPLIANCE_MODELS__STORE": str(store.root)}
+
+
+def test_transcribe_json_with_segments(env: dict[str, str], tmp_path: Path) -> None:
+    a = read_audio(EN / "agent-alreadyon.wav", 16000).samples
+    b = read_audio(EN / "vm-goodbye.wav", 16000).samples
+    path = tmp_path / "two.flac"  # another format, another rate, two utterances apart
+    sf.write(path, np.concatenate([a, np.zeros(16000, np.float32), b]), 16000, format="FLAC")
+    proc = appliance("transcribe", str(path), "--language", "en", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    segments = json.loads(proc.stdout)["segments"]
+    assert len(segments) == 2
+    assert "agent number" in segments[0]["text"] and "goodbye" in segments[1]["text"].lower()
+    assert segments[1]["start"] > segments[0]["end"]
+
+
+def test_speak_and_interpret(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "hello.wav"
+    assert appliance("speak", "Hello, how are you?", "-o", str(out), env=env).returncode == 0
+    assert read_audio(out, None).duration > 0.5
+    interpreted = tmp_path / "es-en.wav"
+    proc = appliance("interpret", "--from", "es", "--to", "en", str(ES / "agent-alreadyon.wav"), "-o",
+                     str(interpreted), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "agent" in proc.stdout.lower()
+    assert read_audio(interpreted, None).duration > 1.0
+
+
+def test_bad_inputs_are_clear(env: dict[str, str], tmp_path: Path) -> None:
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio")
+    proc = appliance("transcribe", str(text), env=env)
+    assert proc.returncode == 2 and "notes.wav" in proc.stderr
+    proc = appliance("interpret", "--from", "en", "--to", "de", str(EN / "vm-goodbye.wav"), "-o",
+                     str(tmp_path / "x.wav"), env=env)
+    assert proc.returncode == 2 and "supported: en→pt" in proc.stderr.replace("\n", " ")
+    proc = appliance("transcribe", str(tmp_path / "missing.wav"), env=env)
+    assert proc.returncode == 2
+
+
+def test_bench_voice_runs_and_writes_json(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "voice.json"
+    proc = appliance("bench", "voice", "--limit", "1", "--json", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    for suite in ("echo_en", "interpret_es_en"):
+        for mode in ("streaming", "naive"):
+            assert results[suite][mode]["n"] + results[suite][mode]["missed"] == 1
+    assert results["tts"]["rtf_mean"] > 0
+    assert "Voice-to-voice latency" in proc.stdout
