@@ -23,7 +23,6 @@ from appliance.voice.mt import BergamotTranslator, Translator, UpstreamTranslato
 from appliance.voice.stack import VoiceStack
 from appliance.voice.tts import PiperVoice, Voice
 
-
 log = logging.getLogger(__name__)
 
 

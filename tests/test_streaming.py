@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_streaming_finals_match_batch(stack: VoiceStack, prompts_en: list[Prompt
     finals = [e for e in events if isinstance(e, Transcript) and e.final and not e.provisional]
     partials = [e for e in events if isinstance(e, Transcript) and not e.final]
     assert partials, "partial hypotheses while speaking"
-    for a, b in zip(partials, partials[1:], strict=False):  # committed text only grows within an utterance
+    for a, b in itertools.pairwise(partials):  # committed text only grows within an utterance
         if a.utterance == b.utterance:
             assert b.committed.startswith(a.committed)
     asr = stack.asr["whisper-tiny-en"]
@@ -100,6 +101,7 @@ def test_barge_in_stops_playout_within_100_ms(stack: VoiceStack, prompts_en: lis
 
 def test_speech_resuming_discards_the_speculative_final(stack: VoiceStack, prompts_en: list[Prompt]) -> None:
     events: list[ListenerEvent] = []
+    first, second = (next(p for p in prompts_en if p.name == n) for n in ("agent-loginok", "agent-pass"))
 
     async def emit(event: ListenerEvent) -> None:
         events.append(event)
@@ -109,7 +111,7 @@ def test_speech_resuming_discards_the_speculative_final(stack: VoiceStack, promp
 
         listener = stack.listener(AsrOptions(language="en"), emit, endpoint=EndpointOptions(hangover_ms=600))
         gap = np.zeros(int(0.3 * 16000), np.float32)
-        await feed(listener, np.concatenate([prompts_en[3].audio, gap, prompts_en[4].audio, SILENCE]), realtime=True)
+        await feed(listener, np.concatenate([first.audio, gap, second.audio, SILENCE]), realtime=True)
         await listener.close()
         assert listener.stats.speculative_misses >= 1
         await stack.stop()
@@ -117,5 +119,5 @@ def test_speech_resuming_discards_the_speculative_final(stack: VoiceStack, promp
     asyncio.run(run())
     finals = [e for e in events if isinstance(e, Transcript) and e.final and not e.provisional]
     assert len(finals) == 1  # one turn: the pause was shorter than the hangover
-    assert wer([prompts_en[3].text + " " + prompts_en[4].text], [finals[0].text]) <= 0.2
+    assert wer([first.text + " " + second.text], [finals[0].text]) <= 0.25
     assert isinstance(events[0], SpeechStarted) and any(isinstance(e, Speech) for e in events) is False

@@ -7,8 +7,8 @@ import pytest
 
 from appliance.bench.corpus import Prompt, last_speech_sample
 from appliance.voice.endpoint import (
-    EndpointOptions,
     Endpointer,
+    EndpointOptions,
     SpeechEnded,
     SpeechPaused,
     SpeechResumed,

@@ -153,9 +153,9 @@ class Conversation:
         if self._speaking is not None and not self._speaking.done():
             self._speaking.cancel()
             dropped += 1
-        if dropped:
-            self.barge_ins += 1
-            await self.output(Flush(time_s))
+        self.barge_ins += bool(dropped)
+        # Synthesis runs ahead of playout: the transport may hold audio even when nothing is being made.
+        await self.output(Flush(time_s))
 
     async def _speak_loop(self) -> None:
         while True:
