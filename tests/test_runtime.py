@@ -37,23 +37,17 @@ def vad_probs(session: Any, audio: np.ndarray) -> np.ndarray:
 
 def speech_like(store: ModelStore, backends: dict[str, Backend]) -> np.ndarray:
     """Real synthetic speech: the Piper voice says a sentence, resampled to 16 kHz for the VAD."""
-    import json
-
     import soxr
 
+    from appliance.voice.tts import PiperVoice
+
     files = store.resolve("piper-en-us-joe-medium")
-    tts = backends["onnxruntime"].load(files, cands("onnxruntime:cpu")[0])
-    config = json.loads(files.variants["onnx"]["model.onnx.json"].read_text())
-    ids_map = config["phoneme_id_map"]
-    ids = list(ids_map["^"])
-    for p in "ðɪs ɪz ɐ tˈɛst ʌvðə vˈɔɪs ˈæktɪvᵻti dᵻtˈɛktɚ.":
-        ids += ids_map[p] + ids_map["_"]
-    ids += ids_map["$"]
-    audio = next(iter(tts.run({"input": np.array([ids], np.int64), "input_lengths": np.array([len(ids)], np.int64),
-                               "scales": np.array([0.667, 1.0, 0.8], np.float32)}).values())).reshape(-1)
-    speech = soxr.resample(audio.astype(np.float32), config["audio"]["sample_rate"], 16000)
+    voice = PiperVoice(backends["onnxruntime"].load(files, cands("onnxruntime:cpu")[0]),
+                       files.file("onnx", ".onnx.json"))
+    speech = soxr.resample(voice.synthesize("This is a test of the voice activity detector."), voice.sample_rate,
+                           16000).astype(np.float32)
     silence = np.zeros(16000, np.float32)
-    return np.concatenate([silence, speech, silence]).astype(np.float32)
+    return np.concatenate([silence, speech, silence])
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime:cpu", "openvino:CPU"])

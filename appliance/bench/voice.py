@@ -92,7 +92,7 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
         lambda emit: stack.listener(options, emit, partials=mode.partials, speculative=mode.speculative,
                                     endpoint=endpoint),
         tts, respond, output, barge_in=task == "echo",
-        predict=bot.predict if isinstance(bot, EchoBot) and mode.speculative else None)
+        predict=bot.predict if mode.speculative else None)
     audio = np.concatenate([np.zeros(int(LEAD_S * 16000), np.float32), prompt.audio,
                             np.zeros(int(TAIL_S * 16000), np.float32)])
     last = int(LEAD_S * 16000) + last_speech_sample(prompt.audio)

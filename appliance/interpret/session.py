@@ -30,6 +30,7 @@ class Interpreter:
         self.say = say
         self.early = early
         self._spoken: dict[int, int] = {}  # utterance -> words already handed to TTS
+        self._captions: set[asyncio.Task[None]] = set()
 
     async def respond(self, transcript: Transcript) -> str | None:
         words = transcript.committed.split() if not transcript.final else transcript.text.split()
@@ -45,11 +46,24 @@ class Interpreter:
         self._spoken.pop(transcript.utterance, None)
         rest = " ".join(words[done:])
         translated = await self._translate(rest) if rest else ""
-        if translated:
-            await self.say(translated, transcript.utterance)  # speak first, caption after: latency matters
-        whole = await self._translate(transcript.text) if done and self.translator else None
-        await self.output(Caption(transcript.utterance, transcript.text, whole or translated, True))
-        return None
+        if done and self.translator is not None:  # the caption wants the whole turn translated: off the hot path
+            task = asyncio.create_task(self._caption_whole(transcript))
+            self._captions.add(task)
+            task.add_done_callback(self._captions.discard)
+        else:
+            await self.output(Caption(transcript.utterance, transcript.text, translated, True))
+        return translated or None
+
+    def predict(self, transcript: Transcript) -> str | None:
+        """What the final will make us say, when that needs no translation call (speech → English)."""
+        if self.translator is not None:
+            return None
+        rest = transcript.text.split()[self._spoken.get(transcript.utterance, 0):]
+        return " ".join(rest) or None
+
+    async def _caption_whole(self, transcript: Transcript) -> None:
+        whole = await self._translate(transcript.text)
+        await self.output(Caption(transcript.utterance, transcript.text, whole, True))
 
     async def _translate(self, text: str) -> str:
         if self.translator is None or not text.strip():
