@@ -13,6 +13,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,7 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
     deadline = time.monotonic() + 5.0
     while not first_after and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    await conversation.close()
+    await asyncio.wait_for(conversation.close(), timeout=30)
     latency = first_after[0] - last_fed[0] if first_after and last_fed else None
     return Turn(prompt.name, latency, " ".join(heard), " ".join(said))
 
@@ -122,10 +123,15 @@ def _stats(values: list[float]) -> dict[str, float | int]:
             "mean_ms": round(1000 * statistics.fmean(ordered), 1)}
 
 
-async def latency_suite(stack: VoiceStack, prompts: list[Prompt], task: str) -> dict[str, Any]:
+async def latency_suite(stack: VoiceStack, prompts: list[Prompt], task: str,
+                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in (STREAMING, NAIVE):
-        turns = [await run_turn(stack, p, task, mode) for p in prompts]
+        turns = []
+        for prompt in prompts:
+            turns.append(await run_turn(stack, prompt, task, mode))
+            if progress:
+                progress(f"{task} {mode.name} {prompt.name}")
         latencies = [t.latency_s for t in turns if t.latency_s is not None]
         out[mode.name] = {**_stats(latencies), "missed": sum(t.latency_s is None for t in turns),
                           "turns": [asdict(t) for t in turns]}
@@ -162,7 +168,7 @@ async def tts_suite(stack: VoiceStack, texts: list[str]) -> dict[str, Any]:
             "rtf_max": round(max(rtfs), 3), "round_trip_wer": round(wer(round_trip_refs, round_trip_hyps), 4)}
 
 
-async def run(stack: VoiceStack, limit: int) -> dict[str, Any]:
+async def run(stack: VoiceStack, limit: int, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     en = load_prompts("en", limit)
     es = load_prompts("es", limit)
     warm = en[0].audio
@@ -173,8 +179,8 @@ async def run(stack: VoiceStack, limit: int) -> dict[str, Any]:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": _cores(),
                     "python": platform.python_version()},
         "prompts": {"en": len(en), "es": len(es)},
-        "echo_en": await latency_suite(stack, en, "echo"),
-        "interpret_es_en": await latency_suite(stack, es, "interpret"),
+        "echo_en": await latency_suite(stack, en, "echo", progress),
+        "interpret_es_en": await latency_suite(stack, es, "interpret", progress),
         "tts": await tts_suite(stack, [p.text for p in en[:10]]),
     }
     await stack.stop()

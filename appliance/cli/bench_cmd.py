@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from appliance.cli.state import CliState
@@ -28,8 +29,12 @@ def voice(
 
     state: CliState = ctx.obj
     stack = state.device.voice_stack()
-    Console(stderr=True).print(f"feeding {limit} prompts per language in real time; this takes a few minutes…")
-    results = asyncio.run(run(stack, limit))
+    err = Console(stderr=True)
+    turns = 4 * limit  # two languages, two pipelines each
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("turns fed in real time", total=turns)
+        results = asyncio.run(run(stack, limit, lambda name: progress.update(task, advance=1, description=name)))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     render(results)

@@ -161,9 +161,12 @@ class Conversation:
         while True:
             utterance, text, prepared = await self._queue.get()
             self._speaking = asyncio.create_task(self._speak(utterance, text, prepared))
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._speaking
-            self._queue.task_done()
+            try:
+                # wait() returns when the answer is done or interrupted, and raises only if this loop
+                # itself is cancelled (close), which must not be swallowed.
+                await asyncio.wait({self._speaking})
+            finally:
+                self._queue.task_done()
 
     async def _speak(self, utterance: int, text: str, prepared: _Prepared | None) -> None:
         first = True
