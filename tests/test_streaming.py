@@ -121,3 +121,29 @@ def test_speech_resuming_discards_the_speculative_final(stack: VoiceStack, promp
     assert len(finals) == 1  # one turn: the pause was shorter than the hangover
     assert wer([first.text + " " + second.text], [finals[0].text]) <= 0.25
     assert isinstance(events[0], SpeechStarted) and any(isinstance(e, Speech) for e in events) is False
+
+
+def test_closing_while_speaking_returns_at_once(stack: VoiceStack) -> None:
+    """A caller who hangs up mid-answer: close() stops the answer and every task, promptly."""
+    spoken: list[Speech] = []
+
+    async def output(event: OutEvent) -> None:
+        if isinstance(event, Speech):
+            spoken.append(event)
+            await asyncio.sleep(0.5)  # a slow transport: the answer is still being spoken at close
+
+    async def respond(t: object) -> str | None:
+        return None
+
+    async def run() -> None:
+        conversation = Conversation(lambda emit: stack.listener(AsrOptions(language="en"), emit),
+                                    stack.tts("en"), respond, output)
+        await conversation.say("This is a long answer, with several phrases, that nobody will hear to the end.")
+        while not spoken:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(conversation.close(), timeout=2.0)
+        assert conversation._speaker.done()
+        await stack.stop()
+
+    asyncio.run(run())
+    assert 1 <= len(spoken) < 4

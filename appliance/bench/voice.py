@@ -12,8 +12,8 @@ import asyncio
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np

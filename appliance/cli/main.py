@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from appliance.cli import bench_cmd, config_cmd, doctor_cmd, models_cmd, voice_cmd
+from appliance.cli import bench_cmd, config_cmd, doctor_cmd, models_cmd, serve_cmd, voice_cmd
 from appliance.cli.state import CliState
 from appliance.errors import ApplianceError
 
@@ -23,6 +23,8 @@ app = typer.Typer(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(serve_cmd.keys_app, name="keys")
+app.command("serve")(serve_cmd.serve)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("transcribe")(voice_cmd.transcribe)
 app.command("speak")(voice_cmd.speak)

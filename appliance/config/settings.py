@@ -61,6 +61,17 @@ class UpstreamSettings(_Section):
     timeout_s: float = Field(5.0, gt=0, le=120, description="Per-request timeout for the upstream tier.")
 
 
+class ApiSettings(_Section):
+    host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API (0: any free port).")
+    max_upload_mb: float = Field(25.0, gt=0, le=1024, description="Largest request body; bigger ones get 413.")
+    max_audio_s: float = Field(3600.0, gt=0, description="Longest audio accepted by the transcription API.")
+    rate_per_minute: int = Field(120, gt=0, description="Requests per minute per API key (bursts as large).")
+    keys_file: Path | None = Field(
+        None, description="Hashed API keys; default /var/lib/appliance/api-keys.json as root, else XDG data dir."
+    )
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
@@ -76,6 +87,7 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings, description="Model store and catalog.")
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Runtime selection.")
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings, description="Upstream tier.")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod

@@ -80,7 +80,7 @@ class WhisperAsr:
         start = time.perf_counter()
         duration = len(audio) / SAMPLE_RATE
         result = self._decode(audio, options, fast=options.fast_window)
-        if options.fast_window and options.fallback and _degenerate(result, duration):
+        if options.fast_window and options.fallback and _degenerate(result, duration, options.task):
             result = self._decode(audio, options, fast=False)
             result = _replace(result, fell_back=True)
         if result.no_speech_prob > options.no_speech_threshold and result.avg_logprob < -0.5:
@@ -149,12 +149,13 @@ def _compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def _degenerate(result: AsrResult, duration: float) -> bool:
+def _degenerate(result: AsrResult, duration: float, task: str) -> bool:
     """Whisper's compression-ratio check, plus the loops a short window provokes: a phrase said twice in a
-    row ("Agent login Agent login"), or more words than anyone speaks in that time."""
+    row ("Agent login Agent login"), or more words than anyone speaks in that time. A low log-probability
+    counts only for transcription: translations are often unsure, and the 30 s window rarely fixes them."""
     words_per_second = len(result.words) / max(duration, 0.5)
-    return (result.compression_ratio > 2.0 or result.avg_logprob < -1.5 or words_per_second > 5.0
-            or _loops(result.words))
+    unsure = task == "transcribe" and result.avg_logprob < -1.5
+    return result.compression_ratio > 2.0 or unsure or words_per_second > 5.0 or _loops(result.words)
 
 
 def _loops(words: tuple[str, ...], min_phrase: int = 2) -> bool:

@@ -1,0 +1,78 @@
+"""`appliance serve` and `appliance keys …`: the HTTP API and its keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from appliance.api.keys import KeyStore
+from appliance.cli.state import CliState
+from appliance.config import Settings
+
+keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
+console = Console()
+
+
+def key_store(settings: Settings) -> KeyStore:
+    path = settings.api.keys_file
+    if path is None:
+        root = Path("/var/lib/appliance") if os.geteuid() == 0 else Path(platformdirs.user_data_dir("appliance"))
+        path = root / "api-keys.json"
+    return KeyStore(path)
+
+
+def serve(
+    ctx: typer.Context,
+    host: str | None = typer.Option(None, help="Listen address (default: api.host)."),
+    port: int | None = typer.Option(None, help="Port (default: api.port)."),
+) -> None:
+    """Run the HTTP API (OpenAI-compatible audio, metrics, health) until interrupted."""
+    import uvicorn
+
+    from appliance.api.app import ApiServices, create_app
+
+    state: CliState = ctx.obj
+    settings = state.settings
+    device = state.device
+    keys = key_store(settings)
+    if not keys.list():
+        _, token = keys.create("first key")
+        console.print(f"[bold]first API key[/] (shown once, stored hashed in {keys.path}):\n{token}")
+    services = ApiServices(settings.api, keys, device.voice_stack,
+                           lambda: [m.id for m in device.catalog.models if device.store.is_active(m.id)])
+    uvicorn.run(create_app(services), host=host or settings.api.host, port=port if port is not None else
+                settings.api.port, log_level=settings.log.level)
+
+
+@keys_app.command("create")
+def create(ctx: typer.Context, name: str = typer.Argument(..., help="Who or what the key is for.")) -> None:
+    """Create a key and print it once; only its hash is kept."""
+    key, token = key_store(ctx.obj.settings).create(name)
+    console.print(f"key {key.id} ({name}):")
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def list_keys(ctx: typer.Context) -> None:
+    """Every key: id, name, created, revoked (never the key itself)."""
+    import datetime
+
+    table = Table()
+    for col in ("id", "name", "created", "state"):
+        table.add_column(col)
+    for key in key_store(ctx.obj.settings).list():
+        created = datetime.datetime.fromtimestamp(key.created).isoformat(timespec="seconds")
+        table.add_row(key.id, key.name, created, "[red]revoked[/]" if key.revoked else "active")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id (see keys list).")) -> None:
+    """Revoke a key: requests with it get 403 from now on."""
+    key = key_store(ctx.obj.settings).revoke(key_id)
+    console.print(f"revoked {key.id} ({key.name})")
