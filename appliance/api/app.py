@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from appliance.api.keys import ApiKey, KeyStore
 from appliance.api.limits import BodyLimit, RateLimiter, error_body
@@ -44,6 +44,7 @@ class ApiServices:
                                 registry=self.registry)
         self.latency = Histogram("appliance_http_request_seconds", "HTTP request time", ["route"],
                                  registry=self.registry)
+        self.sessions = Gauge("appliance_stream_sessions", "Open realtime sessions", registry=self.registry)
         self.audio_seconds = Counter("appliance_audio_seconds", "Seconds of audio processed", ["task"],
                                      registry=self.registry)
 
@@ -101,9 +102,10 @@ def create_app(services: ApiServices) -> FastAPI:
     async def metrics(key: ApiKey = Depends(require_key)) -> Response:
         return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
 
-    from appliance.api.openai_audio import router
+    from appliance.api import openai_audio, realtime
 
-    app.include_router(router)
+    app.include_router(openai_audio.router)
+    app.include_router(realtime.router)
     app.add_middleware(BodyLimit, max_bytes=int(services.settings.max_upload_mb * 2**20))
     return app
 

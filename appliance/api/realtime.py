@@ -1,0 +1,200 @@
+"""Realtime WebSocket: stream PCM in, get transcripts, captions and synthesised speech back.
+
+Protocol (documented in docs/realtime.md): the client sends one JSON ``start`` message, then binary
+frames of 16-bit little-endian mono PCM at its sample rate; the server answers with JSON events and binary
+frames of synthesised PCM at the requested output rate. Garbage gets an ``error`` event, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field, ValidationError
+
+from appliance.audio import AudioFrame, StreamResampler
+from appliance.bot.echo import EchoBot
+from appliance.errors import ApplianceError
+from appliance.interpret.session import Interpreter
+from appliance.voice.asr import AsrOptions
+from appliance.voice.conversation import Caption, Conversation, Flush, OutEvent, Speech
+from appliance.voice.endpoint import SpeechEnded, SpeechStarted
+from appliance.voice.listener import Transcript
+from appliance.voice.stack import VoiceStack
+
+router = APIRouter()
+MAX_FRAME_BYTES = 64_000
+
+
+class Start(BaseModel):
+    type: Literal["start"]
+    mode: Literal["transcribe", "echo", "interpret"] = "transcribe"
+    language: str = "en"  # what the speaker speaks
+    target: str | None = None  # interpret: the language to speak
+    sample_rate: int = Field(16000, ge=8000, le=48000)  # of the PCM the client sends
+    output_rate: int = Field(16000, ge=8000, le=48000)  # of the PCM the server sends back
+
+
+@router.websocket("/v1/stream")
+async def stream(ws: WebSocket) -> None:
+    from appliance.api.app import ApiServices
+
+    services: ApiServices = ws.app.state.services
+    token = ws.headers.get("authorization", "").partition(" ")[2] or ws.query_params.get("access_token", "")
+    key, reason = services.keys.check(token.strip()) if token else (None, "missing")
+    if key is None or reason:
+        await ws.close(code=4401 if key is None else 4403, reason="invalid API key" if key is None else "revoked key")
+        return
+    await ws.accept()
+    if services.stack is None:
+        await _send(ws, {"type": "error", "message": "models are warming up; retry shortly", "retry_after": 5})
+        await ws.close(code=1013)
+        return
+    session = _Session(ws, services.stack)
+    services.sessions.inc()
+    try:
+        await session.run()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await session.close()
+        services.sessions.dec()
+
+
+class _Session:
+    def __init__(self, ws: WebSocket, stack: VoiceStack) -> None:
+        self.ws = ws
+        self.stack = stack
+        self.conversation: Conversation | None = None
+        self.resampler: StreamResampler | None = None
+        self.start: Start | None = None
+        self.position = 0
+
+    async def run(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await self._control(message["text"])
+            elif message.get("bytes") is not None:
+                await self._audio(message["bytes"])
+
+    async def _control(self, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            await self._error("not JSON; send {\"type\": \"start\", ...} then binary PCM frames")
+            return
+        if isinstance(data, dict) and data.get("type") == "stop":
+            await self._finish()
+            return
+        if self.start is not None:
+            await self._error("already started; send binary PCM frames, or {\"type\": \"stop\"}")
+            return
+        try:
+            self.start = Start.model_validate(data)
+            self.conversation = self._conversation(self.start)
+        except ValidationError as exc:
+            self.start = None
+            await self._error("bad start message: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+            return
+        except ApplianceError as exc:
+            self.start = None
+            await self._error(str(exc))
+            return
+        self.resampler = StreamResampler(self.start.sample_rate, 16000, quality="QQ")
+        await _send(self.ws, {"type": "ready", "mode": self.start.mode, "output_rate": self.start.output_rate})
+
+    def _conversation(self, start: Start) -> Conversation:
+        stack = self.stack
+        task = "transcribe"
+        translator = None
+        speak_language = start.language
+        if start.mode == "interpret":
+            if not start.target:
+                raise ApplianceError("interpret needs a target language")
+            router = stack.router()
+            if start.target == "en" and start.language != "en" and router.speech_to_english:
+                task = "translate"
+            elif start.target != start.language:
+                translator = router.route(start.language, start.target)
+            speak_language = start.target
+        options = AsrOptions(language=start.language, task=task)  # type: ignore[arg-type]
+        tts = stack.tts(speak_language, out_rate=start.output_rate)
+        responder: EchoBot | Interpreter
+        conversation: Conversation
+
+        async def say(text: str, utterance: int) -> None:
+            await conversation.say(text, utterance)
+
+        if start.mode == "interpret":
+            responder = Interpreter(start.language, speak_language, translator, self._out, say)
+        else:
+            responder = EchoBot(self._out)
+
+        async def respond(t: Transcript) -> str | None:
+            text = await responder.respond(t)
+            return text if start.mode != "transcribe" else None
+
+        conversation = Conversation(lambda emit: stack.listener(options, emit), tts, respond, self._out,
+                                    barge_in=start.mode == "echo",
+                                    predict=responder.predict if start.mode != "transcribe" else None)
+        return conversation
+
+    async def _audio(self, data: bytes) -> None:
+        if self.conversation is None or self.resampler is None or self.start is None:
+            await self._error("send a start message before audio")
+            return
+        if len(data) % 2 or len(data) > MAX_FRAME_BYTES:
+            await self._error(f"audio frames are 16-bit PCM of at most {MAX_FRAME_BYTES} bytes; got {len(data)}")
+            return
+        frame = AudioFrame.from_bytes(data, self.start.sample_rate, timestamp=self.position / self.start.sample_rate)
+        self.position += len(data) // 2
+        out = self.resampler.process(frame)
+        if out is not None:
+            await self.conversation.feed(out.to_float32())
+
+    async def _out(self, event: OutEvent) -> None:
+        if isinstance(event, Speech):
+            await _send(self.ws, {"type": "audio", "utterance": event.utterance, "text": event.chunk.text,
+                                  "voice": event.chunk.voice, "fallback": event.chunk.fallback})
+            pcm = (np.clip(event.chunk.audio, -1, 1) * 32767).astype("<i2").tobytes()
+            await self.ws.send_bytes(pcm)
+        elif isinstance(event, Flush):
+            await _send(self.ws, {"type": "flush", "time": event.time})
+        elif isinstance(event, Caption):
+            await _send(self.ws, {"type": "caption", "utterance": event.utterance, "source": event.source,
+                                  "target": event.target, "final": event.final})
+        elif isinstance(event, SpeechStarted):
+            await _send(self.ws, {"type": "speech_started", "time": event.time})
+        elif isinstance(event, SpeechEnded):
+            await _send(self.ws, {"type": "speech_ended", "time": event.time})
+
+    async def _error(self, message: str) -> None:
+        await _send(self.ws, {"type": "error", "message": message})
+
+    async def _finish(self) -> None:
+        if self.conversation is not None:
+            if self.resampler is not None and (tail := self.resampler.flush()) is not None:
+                await self.conversation.feed(tail.to_float32())
+            await self.conversation.feed(np.zeros(16000, np.float32))  # let the endpointer close the turn
+            await self.conversation.close(drain=True)
+            self.conversation = None
+        await _send(self.ws, {"type": "done"})
+
+    async def close(self) -> None:
+        if self.conversation is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.conversation.close(), timeout=5)
+            self.conversation = None
+
+
+async def _send(ws: WebSocket, event: dict[str, Any]) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await ws.send_text(json.dumps(event, ensure_ascii=False))
