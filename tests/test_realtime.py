@@ -118,14 +118,16 @@ def test_websocket_needs_a_key(ws_api: tuple[str, str]) -> None:
 
 def test_dropped_peers_free_their_sessions(ws_api: tuple[str, str]) -> None:
     """Fifty clients that vanish mid-stream: every session is freed, and the server still serves."""
+    import contextlib
+    import socket
     import time
 
     for _ in range(50):
-        ws = open_ws(ws_api)
-        ws.send(json.dumps({"type": "start", "mode": "echo", "language": "en"}))
-        ws.recv(timeout=10)
-        ws.send(np.zeros(1600, "<i2").tobytes())
-        ws.close()
+        with contextlib.suppress(Exception), open_ws(ws_api) as ws:
+            ws.send(json.dumps({"type": "start", "mode": "echo", "language": "en"}))
+            ws.recv(timeout=10)
+            ws.send(np.zeros(1600, "<i2").tobytes())
+            ws.socket.shutdown(socket.SHUT_RDWR)  # the peer vanishes: no close frame
     with open_ws(ws_api) as ws:  # the server still serves
         ws.send(json.dumps({"type": "start", "mode": "transcribe"}))
         assert json.loads(ws.recv(timeout=10))["type"] == "ready"
