@@ -13,9 +13,9 @@ PYTEST_ARGS ?=
 .PHONY: run test setup system venv converter models check clean
 
 run: setup
-	$(BIN)/appliance doctor
-	@echo "The device services (API, kiosk, SIP, Wyoming) and the supervisor that runs them are not built yet;"
-	@echo "'make run' provisions the models and checks the device. See README.md."
+	-$(BIN)/appliance doctor
+	@echo "Starting the HTTP API (the supervisor that will run every service is not built yet; see README.md)."
+	$(BIN)/appliance serve
 
 test: setup check
 	$(BIN)/pytest $(PYTEST_ARGS)
