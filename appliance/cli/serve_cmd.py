@@ -49,6 +49,20 @@ def serve(
                 settings.api.port, log_level=settings.log.level)
 
 
+def wyoming(ctx: typer.Context) -> None:
+    """Run the Wyoming speech-to-text and text-to-speech servers (Home Assistant) until interrupted."""
+    import asyncio
+
+    from appliance.wyoming.server import serve as serve_wyoming
+
+    state: CliState = ctx.obj
+    conf = state.settings.wyoming
+    stack = state.device.voice_stack()
+    console.print(f"Wyoming STT on {conf.stt_uri}, TTS on {conf.tts_uri}; clients allowed: "
+                  f"{', '.join(conf.allow) or 'any'}")
+    asyncio.run(serve_wyoming(stack, conf.stt_uri, conf.tts_uri, conf.allow))
+
+
 @keys_app.command("create")
 def create(ctx: typer.Context, name: str = typer.Argument(..., help="Who or what the key is for.")) -> None:
     """Create a key and print it once; only its hash is kept."""

@@ -72,6 +72,15 @@ class ApiSettings(_Section):
     )
 
 
+class WyomingSettings(_Section):
+    stt_uri: str = Field("tcp://127.0.0.1:10300", description="Wyoming speech-to-text server address.")
+    tts_uri: str = Field("tcp://127.0.0.1:10200", description="Wyoming text-to-speech server address.")
+    allow: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Client addresses allowed (the Wyoming protocol has no authentication); empty: any.",
+    )
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
@@ -88,6 +97,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Runtime selection.")
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings, description="Upstream tier.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
+    wyoming: WyomingSettings = Field(default_factory=WyomingSettings, description="Wyoming servers.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod
