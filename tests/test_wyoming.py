@@ -109,12 +109,13 @@ def test_synthesize_and_streaming_synthesis(stack: VoiceStack) -> None:
 
 def test_clients_outside_the_allow_list_are_refused(stack: VoiceStack) -> None:
     async def test(uri: str) -> None:
-        async with AsyncClient.from_uri(uri) as client:
-            try:
+        answer: Event | None = None
+        try:
+            async with AsyncClient.from_uri(uri) as client:
                 await client.write_event(Describe().event())
                 answer = await client.read_event()
-            except (ConnectionResetError, BrokenPipeError):
-                answer = None
-            assert answer is None  # closed without an answer
+        except (ConnectionResetError, BrokenPipeError):
+            answer = None
+        assert answer is None  # closed without an answer
 
     with_server(stack, SttHandler, test, allow=["192.0.2.1"])
