@@ -19,6 +19,7 @@ from appliance.models import Catalog, ModelStore, default_store_path, load_catal
 from appliance.models.residency import ModelPool
 from appliance.runtime import Backend, BackendContext, Selection, make_backends, select
 from appliance.voice.asr import WhisperAsr
+from appliance.voice.endpoint import EndpointOptions
 from appliance.voice.mt import BergamotTranslator, Translator, UpstreamTranslator
 from appliance.voice.stack import VoiceStack
 from appliance.voice.tts import PiperVoice, Voice
@@ -107,7 +108,10 @@ class Device:
                 vad_session = self.hold(vad.id)
             except ModelUnavailable as exc:  # the WebRTC VAD needs no model: degrade, say why
                 log.warning("Silero VAD unavailable, using WebRTC VAD: %s", exc)
-        return VoiceStack(asr, vad_session, voices, translators)
+        conf = self.settings.voice
+        return VoiceStack(asr, vad_session, voices, translators, vad_kind=conf.vad,
+                          endpoint=EndpointOptions(hangover_ms=conf.hangover_ms),
+                          partial_interval_s=conf.partial_interval_s, tts_first_words=conf.tts_first_words)
 
     def close(self) -> None:
         self._held.close()

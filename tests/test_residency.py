@@ -125,3 +125,20 @@ def test_model_no_runtime_can_run_is_a_clear_error(store: ModelStore, monkeypatc
     with pytest.raises(ModelUnavailable, match="no runtime could run silero-vad-v6.*OpenVINO sees no NPU"), \
             device.pool.use("silero-vad-v6"):
         pass
+
+
+def test_voice_settings_reach_the_voice_stack(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.voice.vad import WebRtcVad
+
+    monkeypatch.setenv("APPLIANCE_MODELS__STORE", str(store.root))
+    monkeypatch.setenv("APPLIANCE_VOICE__VAD", "webrtc")
+    monkeypatch.setenv("APPLIANCE_VOICE__HANGOVER_MS", "150")
+    monkeypatch.setenv("APPLIANCE_VOICE__TTS_FIRST_WORDS", "5")
+    device = Device.open(load_settings())
+    try:
+        stack = device.voice_stack()
+        assert isinstance(stack.new_vad(), WebRtcVad)
+        assert stack.endpoint.hangover_ms == 150
+        assert stack.tts("en").first_words == 5
+    finally:
+        device.close()

@@ -39,10 +39,10 @@ class Mode:
     fast_window: bool  # encoder window sized to the utterance
     chunking: bool  # TTS speaks phrase by phrase
     partials: bool
-    hangover_ms: int
+    hangover_ms: int | None  # None: the configured voice.hangover_ms
 
 
-STREAMING = Mode("streaming", True, True, True, True, 200)
+STREAMING = Mode("streaming", True, True, True, True, None)
 # What a typical voice-agent stack does: confirm the end of speech, transcribe with the 30 s window,
 # synthesise the whole answer before any sound.
 NAIVE = Mode("naive", False, False, False, False, 250)
@@ -75,7 +75,7 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
 
     options = AsrOptions(language=prompt.language, task="translate" if task == "interpret" else "transcribe",
                          fast_window=mode.fast_window)
-    endpoint = EndpointOptions(hangover_ms=mode.hangover_ms)
+    endpoint = EndpointOptions(hangover_ms=mode.hangover_ms or stack.endpoint.hangover_ms)
     tts = stack.tts("en", chunking=mode.chunking)
     conversation: Conversation
 
@@ -176,6 +176,7 @@ async def run(stack: VoiceStack, limit: int, progress: Callable[[str], None] | N
         stack.asr[model_id].transcribe(warm, AsrOptions(language="en"))
     stack.voice("en").synthesize("Warming up.")
     results: dict[str, Any] = {
+        "hangover_ms": stack.endpoint.hangover_ms,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": _cores(),
                     "python": platform.python_version()},
         "prompts": {"en": len(en), "es": len(es)},

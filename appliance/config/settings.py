@@ -61,6 +61,17 @@ class UpstreamSettings(_Section):
     timeout_s: float = Field(5.0, gt=0, le=120, description="Per-request timeout for the upstream tier.")
 
 
+class VoiceSettings(_Section):
+    vad: Literal["silero", "webrtc"] = Field(
+        "silero", description="Voice activity detector: Silero (a model, through the runtime layer) or WebRTC VAD."
+    )
+    hangover_ms: int = Field(
+        200, ge=60, le=3000, description="Silence that ends a turn; the final ASR pass overlaps it."
+    )
+    partial_interval_s: float = Field(0.6, ge=0.1, le=10, description="How often partial transcripts are made.")
+    tts_first_words: int = Field(3, ge=1, le=50, description="Words in the first synthesised phrase.")
+
+
 class ApiSettings(_Section):
     host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API (0: any free port).")
@@ -96,6 +107,7 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings, description="Model store and catalog.")
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Runtime selection.")
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings, description="Upstream tier.")
+    voice: VoiceSettings = Field(default_factory=VoiceSettings, description="Voice core.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings, description="Wyoming servers.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")

@@ -26,6 +26,8 @@ class VoiceStack:
     translators: list[Translator]
     vad_kind: Literal["silero", "webrtc"] = "silero"
     endpoint: EndpointOptions = field(default_factory=EndpointOptions)
+    partial_interval_s: float = 0.6
+    tts_first_words: int = 3
     schedulers: dict[str, AsrScheduler] = field(default_factory=dict)
     _fallbacks: dict[str, Voice] = field(default_factory=dict)
 
@@ -53,7 +55,7 @@ class VoiceStack:
         if not self.asr[model_id].multilingual:
             options = AsrOptions(**{**options.__dict__, "language": "en"})
         return Listener(Endpointer(self.new_vad(), endpoint or self.endpoint), self.scheduler(model_id), options,
-                        emit, partials=partials, speculative=speculative)
+                        emit, partial_interval_s=self.partial_interval_s, partials=partials, speculative=speculative)
 
     def voice(self, language: str) -> Voice:
         """The neural voice for a language, else the espeak-ng fallback (labelled as such)."""
@@ -69,7 +71,7 @@ class VoiceStack:
         return self._fallbacks[language]
 
     def tts(self, language: str, out_rate: int | None = None, chunking: bool = True) -> StreamingTts:
-        return StreamingTts(self.voice(language), out_rate, chunking=chunking)
+        return StreamingTts(self.voice(language), out_rate, first_words=self.tts_first_words, chunking=chunking)
 
     def router(self) -> MtRouter:
         return MtRouter(self.translators, speech_to_english=any(a.multilingual for a in self.asr.values()))
