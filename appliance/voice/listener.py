@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -147,7 +148,7 @@ class Listener:
         await self.emit(Transcript(utterance, result.text, result.text, True, start, end, result))
 
     async def _partial_pass(self, utterance: int, audio: np.ndarray, position: float) -> None:
-        options = AsrOptions(**{**self.options.__dict__, "fallback": False})
+        options = dataclasses.replace(self.options, fallback=False)
         result = await self.scheduler.transcribe(self.stream, audio, options, final=False)
         if result is None or utterance != self._utterance or self._final_task is not None:
             return  # superseded, or the turn moved on

@@ -5,6 +5,7 @@ The composition root (appliance.device) hands in loaded handles; nothing here kn
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,7 +54,7 @@ class VoiceStack:
                  endpoint: EndpointOptions | None = None) -> Listener:
         model_id = self.asr_model(options.language, options.task)
         if not self.asr[model_id].multilingual:
-            options = AsrOptions(**{**options.__dict__, "language": "en"})
+            options = dataclasses.replace(options, language="en")
         return Listener(Endpointer(self.new_vad(), endpoint or self.endpoint), self.scheduler(model_id), options,
                         emit, partial_interval_s=self.partial_interval_s, partials=partials, speculative=speculative)
 
