@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.audio import resample
 from appliance.bench.corpus import Prompt, last_speech_sample, load_prompts
 from appliance.bench.text import wer
 from appliance.bot.echo import EchoBot
@@ -159,8 +160,6 @@ async def tts_suite(stack: VoiceStack, texts: list[str]) -> dict[str, Any]:
         start = time.perf_counter()
         whole = await asyncio.to_thread(tts.synthesize, text)
         rtfs.append((time.perf_counter() - start) / (len(whole) / tts.out_rate))
-        from appliance.audio import resample
-
         heard = await asyncio.to_thread(asr.transcribe, resample(whole, tts.out_rate, 16000), AsrOptions(language="en"))
         round_trip_refs.append(text)
         round_trip_hyps.append(heard.text)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,10 +82,10 @@ class WhisperAsr:
         result = self._decode(audio, options, fast=options.fast_window)
         if options.fast_window and options.fallback and _degenerate(result, duration, options.task):
             result = self._decode(audio, options, fast=False)
-            result = _replace(result, fell_back=True)
+            result = replace(result, fell_back=True)
         if result.no_speech_prob > options.no_speech_threshold and result.avg_logprob < -0.5:
-            result = _replace(result, text="", words=())
-        return _replace(result, compute_s=time.perf_counter() - start)
+            result = replace(result, text="", words=())
+        return replace(result, compute_s=time.perf_counter() - start)
 
     def _window(self, audio: np.ndarray, options: AsrOptions, fast: bool) -> np.ndarray:
         duration = len(audio) / SAMPLE_RATE
@@ -167,9 +167,3 @@ def _loops(words: tuple[str, ...], min_phrase: int = 2) -> bool:
             if norm[i : i + size] == norm[i + size : i + 2 * size]:
                 return True
     return False
-
-
-def _replace(result: AsrResult, **changes: Any) -> AsrResult:
-    from dataclasses import replace
-
-    return replace(result, **changes)
