@@ -15,14 +15,24 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from appliance.api.keys import ApiKey, KeyStore
 from appliance.api.limits import BodyLimit, RateLimiter, error_body
 from appliance.config.settings import ApiSettings
 from appliance.voice.stack import VoiceStack
+from appliance.webrtc.peer import WebRtcHub
 
 WARMING_RETRY_S = 5
+KEY_COOKIE = "appliance_key"  # set by the kiosk's sign-in form; the same key as a Bearer token
 
 
 @dataclass
@@ -45,6 +55,12 @@ class ApiServices:
         self.latency = Histogram("appliance_http_request_seconds", "HTTP request time", ["route"],
                                  registry=self.registry)
         self.sessions = Gauge("appliance_stream_sessions", "Open realtime sessions", registry=self.registry)
+        self.webrtc = WebRtcHub(self.settings.max_sessions)
+        Gauge("appliance_webrtc_sessions", "Open WebRTC sessions", registry=self.registry).set_function(
+            lambda: len(self.webrtc.sessions))
+        self.loop_tasks = Gauge("appliance_event_loop_tasks", "Tasks alive on the server's event loop",
+                                registry=self.registry)
+        ProcessCollector(registry=self.registry)
         self.audio_seconds = Counter("appliance_audio_seconds", "Seconds of audio processed", ["task"],
                                      registry=self.registry)
 
@@ -61,9 +77,12 @@ class ApiServices:
 def create_app(services: ApiServices) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        services.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         warm = asyncio.create_task(_warm(services))
         yield
         warm.cancel()
+        await services.webrtc.close_all()
         with contextlib.suppress(asyncio.CancelledError):
             await warm
         if services.stack is not None:
@@ -102,10 +121,12 @@ def create_app(services: ApiServices) -> FastAPI:
     async def metrics(key: ApiKey = Depends(require_key)) -> Response:
         return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
 
-    from appliance.api import openai_audio, realtime
+    from appliance.api import kiosk_page, openai_audio, realtime, webrtc_routes
 
     app.include_router(openai_audio.router)
     app.include_router(realtime.router)
+    app.include_router(webrtc_routes.router)
+    app.include_router(kiosk_page.router)
     app.add_middleware(BodyLimit, max_bytes=int(services.settings.max_upload_mb * 2**20))
     return app
 
@@ -122,6 +143,8 @@ def require_key(request: Request) -> ApiKey:
     services: ApiServices = request.app.state.services
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and request.cookies.get(KEY_COOKIE):
+        scheme, token = "bearer", request.cookies[KEY_COOKIE]
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPException(401, error_body("missing API key: send 'Authorization: Bearer <key>' (create one with "
                                             "`appliance keys create NAME`)", "invalid_request_error", "missing_key"),

@@ -14,27 +14,20 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from appliance.audio import AudioFrame, StreamResampler
-from appliance.bot.echo import EchoBot
+from appliance.bot.modes import SessionSpec, event_json, open_conversation
 from appliance.errors import ApplianceError
-from appliance.interpret.session import Interpreter
-from appliance.voice.asr import AsrOptions
-from appliance.voice.conversation import Caption, Conversation, Flush, OutEvent, Speech
-from appliance.voice.endpoint import SpeechEnded, SpeechStarted
-from appliance.voice.listener import Transcript
+from appliance.voice.conversation import Conversation, OutEvent, Speech
 from appliance.voice.stack import VoiceStack
 
 router = APIRouter()
 MAX_FRAME_BYTES = 64_000
 
 
-class Start(BaseModel):
+class Start(SessionSpec):
     type: Literal["start"]
-    mode: Literal["transcribe", "echo", "interpret"] = "transcribe"
-    language: str = "en"  # what the speaker speaks
-    target: str | None = None  # interpret: the language to speak
     sample_rate: int = Field(16000, ge=8000, le=48000)  # of the PCM the client sends
     output_rate: int = Field(16000, ge=8000, le=48000)  # of the PCM the server sends back
 
@@ -98,7 +91,7 @@ class _Session:
             return
         try:
             self.start = Start.model_validate(data)
-            self.conversation = self._conversation(self.start)
+            self.conversation = open_conversation(self.stack, self.start, self._out, self.start.output_rate)
         except ValidationError as exc:
             self.start = None
             await self._error("bad start message: " + "; ".join(
@@ -110,42 +103,6 @@ class _Session:
             return
         self.resampler = StreamResampler(self.start.sample_rate, 16000, quality="QQ")
         await _send(self.ws, {"type": "ready", "mode": self.start.mode, "output_rate": self.start.output_rate})
-
-    def _conversation(self, start: Start) -> Conversation:
-        stack = self.stack
-        task = "transcribe"
-        translator = None
-        speak_language = start.language
-        if start.mode == "interpret":
-            if not start.target:
-                raise ApplianceError("interpret needs a target language")
-            router = stack.router()
-            if start.target == "en" and start.language != "en" and router.speech_to_english:
-                task = "translate"
-            elif start.target != start.language:
-                translator = router.route(start.language, start.target)
-            speak_language = start.target
-        options = AsrOptions(language=start.language, task=task)  # type: ignore[arg-type]
-        tts = stack.tts(speak_language, out_rate=start.output_rate)
-        responder: EchoBot | Interpreter
-        conversation: Conversation
-
-        async def say(text: str, utterance: int) -> None:
-            await conversation.say(text, utterance)
-
-        if start.mode == "interpret":
-            responder = Interpreter(start.language, speak_language, translator, self._out, say)
-        else:
-            responder = EchoBot(self._out)
-
-        async def respond(t: Transcript) -> str | None:
-            text = await responder.respond(t)
-            return text if start.mode != "transcribe" else None
-
-        conversation = Conversation(lambda emit: stack.listener(options, emit), tts, respond, self._out,
-                                    barge_in=start.mode == "echo",
-                                    predict=responder.predict if start.mode != "transcribe" else None)
-        return conversation
 
     async def _audio(self, data: bytes) -> None:
         if self.conversation is None or self.resampler is None or self.start is None:
@@ -161,20 +118,9 @@ class _Session:
             await self.conversation.feed(out.to_float32())
 
     async def _out(self, event: OutEvent) -> None:
+        await _send(self.ws, event_json(event))
         if isinstance(event, Speech):
-            await _send(self.ws, {"type": "audio", "utterance": event.utterance, "text": event.chunk.text,
-                                  "voice": event.chunk.voice, "fallback": event.chunk.fallback})
-            pcm = (np.clip(event.chunk.audio, -1, 1) * 32767).astype("<i2").tobytes()
-            await self.ws.send_bytes(pcm)
-        elif isinstance(event, Flush):
-            await _send(self.ws, {"type": "flush", "time": event.time})
-        elif isinstance(event, Caption):
-            await _send(self.ws, {"type": "caption", "utterance": event.utterance, "source": event.source,
-                                  "target": event.target, "final": event.final})
-        elif isinstance(event, SpeechStarted):
-            await _send(self.ws, {"type": "speech_started", "time": event.time})
-        elif isinstance(event, SpeechEnded):
-            await _send(self.ws, {"type": "speech_ended", "time": event.time})
+            await self.ws.send_bytes((np.clip(event.chunk.audio, -1, 1) * 32767).astype("<i2").tobytes())
 
     async def _error(self, message: str) -> None:
         await _send(self.ws, {"type": "error", "message": message})

@@ -78,6 +78,7 @@ class ApiSettings(_Section):
     max_upload_mb: float = Field(25.0, gt=0, le=1024, description="Largest request body; bigger ones get 413.")
     max_audio_s: float = Field(3600.0, gt=0, description="Longest audio accepted by the transcription API.")
     rate_per_minute: int = Field(120, gt=0, description="Requests per minute per API key (bursts as large).")
+    max_sessions: int = Field(16, ge=1, le=1000, description="Live WebRTC sessions at once; more get 503.")
     keys_file: Path | None = Field(
         None, description="Hashed API keys; default /var/lib/appliance/api-keys.json as root, else XDG data dir."
     )

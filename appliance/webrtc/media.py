@@ -1,0 +1,107 @@
+"""Media between aiortc and the voice core: incoming av frames to 16 kHz mono, speech to a paced outgoing track."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from collections import deque
+from collections.abc import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
+from appliance.audio.frame import float_to_int16
+
+OUT_RATE = 48000  # Opus' clock; synthesised speech is produced at this rate, so nothing resamples on the way out
+PTIME_S = 0.02
+
+
+class InboundAudio:
+    """Turns whatever the peer sends (Opus decodes to 48 kHz stereo s16; PCMU to 8 kHz mono) into 16 kHz mono."""
+
+    def __init__(self) -> None:
+        self._resampler: StreamResampler | None = None
+        self.position = 0.0
+
+    def convert(self, frame: av.AudioFrame) -> np.ndarray | None:
+        channels = len(frame.layout.channels)
+        data = frame.to_ndarray()
+        if frame.format.is_planar:
+            samples = data.astype(np.float32).mean(axis=0)
+        else:
+            samples = data.reshape(-1, channels).astype(np.float32).mean(axis=1)
+        if np.issubdtype(data.dtype, np.integer):
+            samples /= 32768.0
+        rate = int(frame.sample_rate)
+        if self._resampler is None or self._resampler.from_rate != rate:
+            self._resampler = StreamResampler(rate, ASR_RATE, quality="QQ") if rate != ASR_RATE else None
+        pcm = AudioFrame.from_float32(samples, rate, timestamp=self.position)
+        self.position += len(samples) / rate
+        out = self._resampler.process(pcm) if self._resampler is not None else pcm
+        return out.to_float32() if out is not None else None
+
+
+class SpeechTrack(MediaStreamTrack):
+    """An outgoing audio track: queued speech when there is some, silence otherwise, paced at 20 ms a frame.
+
+    ``flush()`` drops what is queued (barge-in); ``on_drained`` is called when the queued speech has been sent.
+    """
+
+    kind = "audio"
+
+    def __init__(self, on_drained: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self._chunks: deque[np.ndarray] = deque()
+        self._samples = OUT_RATE * PTIME_S
+        self._start: float | None = None
+        self._pts = 0
+        self.on_drained = on_drained
+        self.sent_speech_at: float | None = None  # time.monotonic() of the first speech frame sent
+
+    def push(self, audio: np.ndarray) -> None:
+        self._chunks.append(float_to_int16(audio))
+
+    def flush(self) -> None:
+        self._chunks.clear()
+
+    @property
+    def pending(self) -> int:
+        return sum(len(c) for c in self._chunks)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        n = int(self._samples)
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            await asyncio.sleep(max(0.0, self._start + self._pts / OUT_RATE - time.monotonic()))
+        out = self._take(n)
+        frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUT_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, OUT_RATE)
+        self._pts += n
+        return frame
+
+    def _take(self, n: int) -> np.ndarray:
+        out = np.zeros(n, np.int16)
+        had = bool(self._chunks)
+        filled = 0
+        while filled < n and self._chunks:
+            chunk = self._chunks[0]
+            take = min(n - filled, len(chunk))
+            out[filled:filled + take] = chunk[:take]
+            filled += take
+            if take == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[take:]
+        if had and self.sent_speech_at is None:
+            self.sent_speech_at = time.monotonic()
+        if had and not self._chunks and self.on_drained is not None:
+            self.on_drained()
+        return out

@@ -1,0 +1,129 @@
+"""The kiosk page in a real browser: Debian's Chromium, headless, driven by Playwright, with a WAV of real
+speech as its microphone. The page must sign in, call the device over WebRTC and show what the WAV says."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from appliance.api.app import ApiServices
+from appliance.api.keys import KeyStore
+from appliance.audio import read_audio, write_wav
+from appliance.bench.text import normalise
+from appliance.config.settings import ApiSettings
+from appliance.voice.stack import VoiceStack
+from tests.test_api import Server
+
+EN = Path("/usr/share/asterisk/sounds/en")
+ES = Path("/usr/share/asterisk/sounds/es")
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is installed by `make test`")
+
+
+@pytest.fixture(scope="module")
+def kiosk_api(stack: VoiceStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    keys = KeyStore(tmp_path_factory.mktemp("kioskkeys") / "keys.json")
+    _, token = keys.create("kiosk")
+    services = ApiServices(ApiSettings(rate_per_minute=1000), keys, lambda: stack, list)
+    with Server(services) as server:
+        yield server.url, token
+
+
+def microphone(tmp_path: Path, prompt: Path) -> Path:
+    """The prompt between silences, at 48 kHz: Chromium loops the file as its microphone."""
+    speech = read_audio(prompt, 48000).samples
+    quiet = np.zeros(48000, np.float32)
+    path = tmp_path / "mic.wav"
+    write_wav(path, np.concatenate([quiet, speech, quiet, quiet, quiet]), 48000)
+    return path
+
+
+def browse(url: str, mic: Path, actions: object) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}",
+            "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/kiosk")
+            assert callable(actions)
+            actions(page)
+        finally:
+            browser.close()
+
+
+def sign_in(page: object, token: str) -> None:
+    page.fill("#key", "not-a-key")  # type: ignore[attr-defined]
+    page.click("#signin")  # type: ignore[attr-defined]
+    assert "not valid" in page.text_content("#error")  # type: ignore[attr-defined]
+    page.fill("#key", token)  # type: ignore[attr-defined]
+    page.click("#signin")  # type: ignore[attr-defined]
+    page.wait_for_selector("#start")  # type: ignore[attr-defined]
+
+
+def test_kiosk_shows_captions_of_the_microphone(kiosk_api: tuple[str, str], tmp_path: Path) -> None:
+    url, token = kiosk_api
+
+    def actions(page: object) -> None:
+        sign_in(page, token)
+        p = page  # type: ignore[assignment]
+        p.select_option("#mode", "transcribe")  # type: ignore[attr-defined]
+        p.click("#start")  # type: ignore[attr-defined]
+        p.wait_for_function("document.querySelector('#history').textContent.toLowerCase().includes('agent number')",
+                            timeout=60_000)  # type: ignore[attr-defined]
+        assert float(p.eval_on_selector("#level", "m => m.value") or 0) >= 0  # type: ignore[attr-defined]
+        heard = normalise(p.text_content("#history"))  # type: ignore[attr-defined]
+        assert "already logged on" in heard or "agent number" in heard
+        p.click("#stop")  # type: ignore[attr-defined]
+        assert p.text_content("#state") == "Ready"  # type: ignore[attr-defined]
+
+    browse(url, microphone(tmp_path, EN / "agent-alreadyon.wav"), actions)
+
+
+def test_kiosk_interprets_spanish_into_english(kiosk_api: tuple[str, str], tmp_path: Path) -> None:
+    url, token = kiosk_api
+    states: list[str] = []
+
+    def actions(page: object) -> None:
+        sign_in(page, token)
+        p = page  # type: ignore[assignment]
+        p.select_option("#mode", "interpret")  # type: ignore[attr-defined]
+        p.select_option("#language", "es")  # type: ignore[attr-defined]
+        p.select_option("#target", "en")  # type: ignore[attr-defined]
+        p.click("#start")  # type: ignore[attr-defined]
+        p.wait_for_function("document.querySelector('.turn .target') && "
+                            "document.querySelector('#history').textContent.toLowerCase().includes('agent')",
+                            timeout=90_000)  # type: ignore[attr-defined]
+        states.append(p.get_attribute("body", "class"))  # type: ignore[attr-defined]
+        p.wait_for_selector("body.speaking, body.listening", timeout=30_000)  # type: ignore[attr-defined]
+
+    browse(url, microphone(tmp_path, ES / "agent-alreadyon.wav"), actions)
+    assert states
+
+
+def test_kiosk_needs_a_key(kiosk_api: tuple[str, str]) -> None:
+    url, token = kiosk_api
+    page = httpx.get(url + "/kiosk", timeout=10)
+    assert page.status_code == 200 and 'name="key"' in page.text and "kiosk.js" not in page.text
+    assert httpx.get(url + "/kiosk/static/kiosk.js", timeout=10).status_code == 401
+    assert httpx.get(url + "/kiosk/config", timeout=10).status_code == 401
+    wrong = httpx.post(url + "/kiosk/login", data={"key": "ak_nope_nope"}, timeout=10)
+    assert wrong.status_code == 401 and "not valid" in wrong.text
+    with httpx.Client(base_url=url, timeout=10) as browser:
+        signed = browser.post("/kiosk/login", data={"key": token})
+        assert signed.status_code == 303 and "httponly" in signed.headers["set-cookie"].lower()
+        assert "samesite=strict" in signed.headers["set-cookie"].lower()
+        assert "kiosk.js" in browser.get("/kiosk").text
+        assert browser.get("/kiosk/static/kiosk.js").status_code == 200
+        assert ["es", "en"] in browser.get("/kiosk/config").json()["pairs"]
+        assert browser.get("/kiosk/static/..%2Fpeer.py").status_code == 404
