@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from appliance.cli import bench_cmd, config_cmd, doctor_cmd, models_cmd, serve_cmd, voice_cmd
+from appliance.cli import bench_cmd, config_cmd, doctor_cmd, kiosk_cmd, models_cmd, serve_cmd, voice_cmd
 from appliance.cli.state import CliState
 from appliance.errors import ApplianceError
 
@@ -30,6 +30,7 @@ app.command("doctor")(doctor_cmd.doctor)
 app.command("transcribe")(voice_cmd.transcribe)
 app.command("speak")(voice_cmd.speak)
 app.command("interpret")(voice_cmd.interpret)
+app.command("kiosk")(kiosk_cmd.kiosk)
 
 
 @app.callback()

@@ -1,0 +1,125 @@
+"""The kiosk session on the device's own microphone and speaker: the same modes as the kiosk page, with
+PortAudio streams in place of WebRTC tracks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
+from appliance.audio.frame import float_to_int16
+from appliance.bot.modes import SessionSpec, StateTracker, event_json, open_conversation
+from appliance.kiosk.sound import SoundDevice, SoundSystem
+from appliance.voice.conversation import Flush, OutEvent, Speech
+from appliance.voice.stack import VoiceStack
+
+FRAME_S = 0.02
+OnEvent = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+class Speaker:
+    """Speech queued for the output stream's callback (PortAudio's thread); silence when there is none."""
+
+    def __init__(self, on_drained: Callable[[], None]) -> None:
+        self._chunks: deque[np.ndarray] = deque()
+        self._lock = threading.Lock()
+        self.on_drained = on_drained
+
+    def push(self, audio: np.ndarray) -> None:
+        with self._lock:
+            self._chunks.append(float_to_int16(audio))
+
+    def flush(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+
+    def take(self, n: int) -> bytes:
+        out = np.zeros(n, np.int16)
+        with self._lock:
+            had, filled = bool(self._chunks), 0
+            while filled < n and self._chunks:
+                chunk = self._chunks[0]
+                take = min(n - filled, len(chunk))
+                out[filled:filled + take] = chunk[:take]
+                filled += take
+                if take == len(chunk):
+                    self._chunks.popleft()
+                else:
+                    self._chunks[0] = chunk[take:]
+            drained = had and not self._chunks
+        if drained:
+            self.on_drained()
+        return out.tobytes()
+
+
+async def run_local(stack: VoiceStack, spec: SessionSpec, sound: SoundSystem, mic: SoundDevice,
+                    speaker_device: SoundDevice, on_event: OnEvent, stop: asyncio.Event) -> None:
+    """Listen on ``mic`` and answer on ``speaker_device`` until ``stop`` is set."""
+    loop = asyncio.get_running_loop()
+    in_rate = sound.rate_for(mic, "input", (ASR_RATE, 48000, 44100))
+    out_rate = sound.rate_for(speaker_device, "output", (22050, 16000, 48000, 44100))
+    states = StateTracker(spec.mode)
+    heard: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
+
+    async def emit(event: dict[str, Any]) -> None:
+        result = on_event(event)
+        if result is not None:
+            await result
+
+    def drained() -> None:
+        if (state := states.played_out()) is not None:
+            asyncio.run_coroutine_threadsafe(emit({"type": "state", "state": state}), loop)
+
+    speaker = Speaker(drained)
+
+    async def out(event: OutEvent) -> None:
+        if isinstance(event, Speech):
+            speaker.push(event.chunk.audio)
+        elif isinstance(event, Flush):
+            speaker.flush()
+        await emit(event_json(event))
+        if (state := states.on_event(event)) is not None:
+            await emit({"type": "state", "state": state})
+
+    def captured(data: bytes | None, frames: int, info: Any, status: int) -> tuple[None, int]:
+        if data:
+            loop.call_soon_threadsafe(_offer, heard, data)
+        return None, sound.pyaudio.paContinue
+
+    def playback(data: bytes | None, frames: int, info: Any, status: int) -> tuple[bytes, int]:
+        return speaker.take(frames), sound.pyaudio.paContinue
+
+    conversation = open_conversation(stack, spec, out, out_rate)
+    resampler = StreamResampler(in_rate, ASR_RATE, quality="QQ") if in_rate != ASR_RATE else None
+    streams = [sound.open(mic, "input", in_rate, int(in_rate * FRAME_S), captured),
+               sound.open(speaker_device, "output", out_rate, int(out_rate * FRAME_S), playback)]
+    await emit({"type": "ready", "mode": spec.mode, "input": mic.name, "output": speaker_device.name,
+                "input_rate": in_rate, "output_rate": out_rate})
+    position = 0
+    try:
+        while not stop.is_set():
+            try:
+                data = await asyncio.wait_for(heard.get(), timeout=0.2)
+            except TimeoutError:
+                continue
+            frame = AudioFrame.from_bytes(data, in_rate, timestamp=position / in_rate)
+            position += len(data) // 2
+            ready = resampler.process(frame) if resampler is not None else frame
+            if ready is not None:
+                await conversation.feed(ready.to_float32())
+    finally:
+        for stream in streams:
+            stream.stop_stream()
+            stream.close()
+        await conversation.close()
+
+
+def _offer(queue: asyncio.Queue[bytes], data: bytes) -> None:
+    if queue.full():  # the voice core fell behind real time: drop the oldest audio, never block PortAudio
+        queue.get_nowait()
+    queue.put_nowait(data)
