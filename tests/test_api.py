@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +10,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
 
-from appliance.api.app import ApiServices, create_app
+from appliance.api.app import ApiServices
 from appliance.api.keys import KeyStore
+from appliance.api.threaded import ThreadedServer
 from appliance.audio import read_audio, wav_bytes
 from appliance.bench.text import normalise
 from appliance.config.settings import ApiSettings
@@ -26,35 +23,7 @@ EN = Path("/usr/share/asterisk/sounds/en")
 ES = Path("/usr/share/asterisk/sounds/es")
 
 
-class Server:
-    def __init__(self, services: ApiServices) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).json()["ready"]:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("server did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+Server = ThreadedServer
 
 
 @pytest.fixture(scope="module")

@@ -171,3 +171,15 @@ async def _wait_for(condition: object, timeout_s: float) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+def test_bench_api_measures_both_paths(stack: VoiceStack) -> None:
+    from appliance.bench.api import run
+
+    steps: list[str] = []
+    results = run(stack, limit=1, requests=2, progress=steps.append)
+    assert [r["clients"] for r in results["transcriptions"]] == [1, 4, 8]
+    assert all(r["failed"] == 0 and r["req_per_s"] > 0 for r in results["transcriptions"])
+    assert results["webrtc_echo"]["n"] == 1 and results["direct_echo"]["n"] == 1
+    assert results["webrtc_echo"]["p50_ms"] > 0 and "webrtc_vs_direct_p50" in results
+    assert len(steps) == 3 * 2 + 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,48 @@ def voice(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     render(results)
+    Console().print(f"JSON: {out}")
+
+
+@app.command("api")
+def api(
+    ctx: typer.Context,
+    limit: int = typer.Option(8, min=1, help="English prompts used as requests and as WebRTC turns."),
+    requests: int = typer.Option(24, min=1, help="Transcription requests per concurrency level."),
+    out: Path = typer.Option(Path("bench-results/api.json"), "--json", help="Where to write the JSON."),
+) -> None:
+    """Transcription requests/s at 1, 4 and 8 clients; WebRTC echo latency via aiortc vs the bare voice core."""
+    import platform
+
+    from appliance.bench.api import run
+
+    state: CliState = ctx.obj
+    stack = state.device.voice_stack()
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("api", total=3 * requests + 2 * limit)
+        results = run(stack, limit, requests, lambda name: progress.update(task, advance=1, description=name))
+    results["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    table = Table(title="Transcription API (POST /v1/audio/transcriptions, Asterisk prompts)")
+    for col in ("clients", "req/s", "× 1 client", "audio s/s", "p50 ms", "p95 ms", "failed"):
+        table.add_column(col)
+    for r in results["transcriptions"]:
+        table.add_row(str(r["clients"]), str(r["req_per_s"]), str(r["throughput_vs_1_client"]),
+                      str(r["audio_s_per_s"]), str(r.get("p50_ms")), str(r.get("p95_ms")), str(r["failed"]))
+    Console().print(table)
+    table = Table(title="Echo voice-to-voice latency: WebRTC (aiortc, loopback) vs the voice core directly")
+    for col in ("path", "n", "p50 ms", "p95 ms", "missed"):
+        table.add_column(col)
+    for key, label in (("webrtc_echo", "WebRTC, first sound at the client"), ("direct_echo", "direct, first chunk")):
+        r = results[key]
+        table.add_row(label, str(r["n"]), str(r.get("p50_ms")), str(r.get("p95_ms")), str(r["missed"]))
+    Console().print(table)
+    if "webrtc_vs_direct_p50" in results:
+        Console().print(f"WebRTC adds {results['webrtc_overhead_p50_ms']} ms at p50 "
+                        f"({results['webrtc_vs_direct_p50']}× / {results['webrtc_vs_direct_p95']}× p50 / p95)")
     Console().print(f"JSON: {out}")
 
 

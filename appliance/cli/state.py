@@ -21,6 +21,8 @@ class CliState:
         if self._settings is None:
             self._settings = load_settings(self.config_path)
             logging.basicConfig(level=self._settings.log.level.upper(), format="%(levelname)s %(name)s: %(message)s")
+            for chatty in ("aioice", "aiortc", "httpx", "httpcore"):  # per-packet and per-request INFO lines
+                logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
         return self._settings
 
     @property
