@@ -117,21 +117,41 @@ def test_websocket_needs_a_key(ws_api: tuple[str, str]) -> None:
 
 
 def test_dropped_peers_free_their_sessions(ws_api: tuple[str, str]) -> None:
-    """Fifty clients that vanish mid-stream: every session is freed, and the server still serves."""
+    """Fifty clients that vanish mid-stream: every session, task and (within a margin) megabyte is freed,
+    and the server still serves."""
     import contextlib
+    import ctypes
+    import gc
     import socket
     import time
 
-    for _ in range(50):
-        with contextlib.suppress(Exception), open_ws(ws_api) as ws:
-            ws.send(json.dumps({"type": "start", "mode": "echo", "language": "en"}))
-            ws.recv(timeout=10)
-            ws.send(np.zeros(1600, "<i2").tobytes())
-            ws.socket.shutdown(socket.SHUT_RDWR)  # the peer vanishes: no close frame
+    def vanish(times: int) -> None:
+        for _ in range(times):
+            with contextlib.suppress(Exception), open_ws(ws_api) as ws:
+                ws.send(json.dumps({"type": "start", "mode": "echo", "language": "en"}))
+                ws.recv(timeout=10)
+                ws.send(speech)
+                ws.socket.shutdown(socket.SHUT_RDWR)  # the peer vanishes: no close frame
+
+    def settled() -> dict[str, float]:
+        deadline = time.monotonic() + 10
+        while SERVICES[0].sessions._value.get() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        registry = SERVICES[0].registry
+        return {"tasks": registry.get_sample_value("appliance_event_loop_tasks") or 0.0,
+                "rss": (registry.get_sample_value("process_resident_memory_bytes") or 0.0) / 2**20}
+
+    speech = (read_audio(EN / "agent-alreadyon.wav", 16000).samples[:16000] * 32767).astype("<i2").tobytes()
+    vanish(10)  # warms what is shared
+    before = settled()
+    vanish(50)
+    after = settled()
+    assert after["rss"] - before["rss"] < 50, f"resident memory grew {after['rss'] - before['rss']:.0f} MB"
     with open_ws(ws_api) as ws:  # the server still serves
         ws.send(json.dumps({"type": "start", "mode": "transcribe"}))
         assert json.loads(ws.recv(timeout=10))["type"] == "ready"
-    deadline = time.monotonic() + 10
-    while SERVICES[0].sessions._value.get() and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert SERVICES[0].sessions._value.get() == 0
+    assert 0 < after["tasks"] <= before["tasks"]

@@ -19,6 +19,7 @@ from appliance.api.app import ApiServices
 from appliance.api.keys import KeyStore
 from appliance.audio import read_audio
 from appliance.bench.text import normalise
+from appliance.bot.modes import SessionSpec
 from appliance.config.settings import ApiSettings
 from appliance.voice.conversation import Conversation
 from appliance.voice.stack import VoiceStack
@@ -77,15 +78,7 @@ def test_interpretation_over_webrtc(rtc_api: tuple[str, str]) -> None:
 
 
 def offer_sdp(video_only: bool = False) -> str:
-    async def make() -> str:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("video" if video_only else "audio")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    return asyncio.run(make())
+    return asyncio.run(_offer_sdp("video" if video_only else "audio"))
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -183,3 +176,28 @@ def test_bench_api_measures_both_paths(stack: VoiceStack) -> None:
     assert results["webrtc_echo"]["n"] == 1 and results["direct_echo"]["n"] == 1
     assert results["webrtc_echo"]["p50_ms"] > 0 and "webrtc_vs_direct_p50" in results
     assert len(steps) == 3 * 2 + 2
+
+
+def test_offers_beyond_capacity_get_503(stack: VoiceStack) -> None:
+    from appliance.webrtc.peer import CapacityError, WebRtcHub
+
+    async def scenario() -> None:
+        hub = WebRtcHub(max_sessions=1)
+        spec = SessionSpec(mode="transcribe")
+        first = await hub.offer(stack, spec, await _offer_sdp(), "offer")
+        with pytest.raises(CapacityError, match="all 1 sessions are in use"):
+            await hub.offer(stack, spec, await _offer_sdp(), "offer")
+        assert list(hub.sessions) == [first.id]
+        await hub.close_all()
+        assert not hub.sessions
+
+    asyncio.run(scenario())
+
+
+async def _offer_sdp(kind: str = "audio") -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(kind)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp

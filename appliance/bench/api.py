@@ -73,6 +73,7 @@ async def transcription_load(url: str, token: str, prompts: list[Prompt], client
 
 async def webrtc_latency(url: str, token: str, prompts: list[Prompt], progress: Progress) -> dict[str, Any]:
     latencies: list[float] = []
+    turns: dict[str, float | None] = {}
     missed = 0
     for prompt in prompts:
         lead = np.zeros(RATE // 2, np.float32)
@@ -82,20 +83,24 @@ async def webrtc_latency(url: str, token: str, prompts: list[Prompt], progress: 
         first = result.first_sound_after(result.marked_at) if result.marked_at is not None else None
         if first is None or result.marked_at is None:
             missed += 1
+            turns[prompt.name] = None
         else:
             latencies.append(first - result.marked_at)
+            turns[prompt.name] = round(1000 * latencies[-1], 1)
         progress(f"webrtc {prompt.name}")
-    return {**_ms(latencies), "missed": missed}
+    return {**_ms(latencies), "missed": missed, "turns_ms": turns}
 
 
 async def direct_latency(stack: VoiceStack, prompts: list[Prompt], progress: Progress) -> dict[str, Any]:
     latencies = []
+    turns: dict[str, float | None] = {}
     for prompt in prompts:
         turn = await run_turn(stack, prompt, "echo", STREAMING)
         if turn.latency_s is not None:
             latencies.append(turn.latency_s)
+        turns[prompt.name] = round(1000 * turn.latency_s, 1) if turn.latency_s is not None else None
         progress(f"direct {prompt.name}")
-    return {**_ms(latencies), "missed": len(prompts) - len(latencies)}
+    return {**_ms(latencies), "missed": len(prompts) - len(latencies), "turns_ms": turns}
 
 
 def run(stack: VoiceStack, limit: int, requests: int, progress: Progress) -> dict[str, Any]:

@@ -7,9 +7,11 @@ import fractions
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import av
 import numpy as np
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
@@ -105,3 +107,12 @@ class SpeechTrack(MediaStreamTrack):
         if had and not self._chunks and self.on_drained is not None:
             self.on_drained()
         return out
+
+
+def listen_without_jitter_delay(receiver: Any) -> None:
+    """Speech recognition wants packets as soon as they arrive, not smoothed for playout: aiortc's audio jitter
+    buffer holds four 20 ms frames (80 ms) before releasing one; one is enough here. aiortc (pinned) has no
+    public setting for it, so this replaces the private buffer when it is there and does nothing otherwise."""
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if isinstance(getattr(receiver, name, None), JitterBuffer):
+        setattr(receiver, name, JitterBuffer(capacity=16, prefetch=1))

@@ -25,7 +25,7 @@ from appliance.bot.modes import SessionSpec, StateTracker, event_json, open_conv
 from appliance.errors import ApplianceError
 from appliance.voice.conversation import Flush, OutEvent, Speech
 from appliance.voice.stack import VoiceStack
-from appliance.webrtc.media import OUT_RATE, InboundAudio, SpeechTrack
+from appliance.webrtc.media import OUT_RATE, InboundAudio, SpeechTrack, listen_without_jitter_delay
 
 MAX_SDP_BYTES = 64_000
 log = logging.getLogger(__name__)
@@ -67,8 +67,11 @@ class WebRtcSession:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError, KeyError, IndexError… on a malformed offer
             raise SdpError(f"invalid SDP offer: {exc or type(exc).__name__}") from None
-        if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
+        audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
+        if not audio:
             raise SdpError("the SDP offer has no audio media section; offer the microphone (audio, sendrecv)")
+        for transceiver in audio:
+            listen_without_jitter_delay(transceiver.receiver)
         self.pc.addTrack(self.speech)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription
