@@ -5,6 +5,7 @@ The composition root (appliance.device) hands in loaded handles; nothing here kn
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,7 +30,8 @@ class VoiceStack:
     endpoint: EndpointOptions = field(default_factory=EndpointOptions)
     partial_interval_s: float = 0.6
     tts_first_words: int = 3
-    schedulers: dict[str, AsrScheduler] = field(default_factory=dict)
+    # one scheduler per model and event loop: its queue and workers belong to the loop that made them
+    schedulers: dict[tuple[str, asyncio.AbstractEventLoop], AsrScheduler] = field(default_factory=dict)
     _fallbacks: dict[str, Voice] = field(default_factory=dict)
 
     def new_vad(self) -> Vad:
@@ -46,9 +48,10 @@ class VoiceStack:
                        f"{', '.join(self.asr) or 'none'} (fix: appliance models pull whisper-base)")
 
     def scheduler(self, model_id: str) -> AsrScheduler:
-        if model_id not in self.schedulers:
-            self.schedulers[model_id] = AsrScheduler(self.asr[model_id])
-        return self.schedulers[model_id]
+        key = (model_id, asyncio.get_running_loop())
+        if key not in self.schedulers:
+            self.schedulers[key] = AsrScheduler(self.asr[model_id])
+        return self.schedulers[key]
 
     def listener(self, options: AsrOptions, emit: Emit, partials: bool = True, speculative: bool = True,
                  endpoint: EndpointOptions | None = None) -> Listener:
@@ -78,7 +81,10 @@ class VoiceStack:
         return MtRouter(self.translators, speech_to_english=any(a.multilingual for a in self.asr.values()))
 
     async def stop(self) -> None:
-        """Stop the schedulers' workers (they belong to the running event loop)."""
-        for scheduler in self.schedulers.values():
-            await scheduler.stop()
-        self.schedulers.clear()
+        """Stop the schedulers' workers of the running event loop; forget those of loops already closed."""
+        loop = asyncio.get_running_loop()
+        for key in list(self.schedulers):
+            if key[1] is loop:
+                await self.schedulers.pop(key).stop()
+            elif key[1].is_closed():
+                del self.schedulers[key]
