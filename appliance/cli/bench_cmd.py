@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,9 @@ def voice(
 
     state: CliState = ctx.obj
     stack = state.device.voice_stack()
-    err = Console(stderr=True)
-    turns = 4 * limit  # two languages, two pipelines each
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
-        task = progress.add_task("turns fed in real time", total=turns)
-        results = asyncio.run(run(stack, limit, lambda name: progress.update(task, advance=1, description=name)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    # two languages, two pipelines each
+    results = _with_progress("turns fed in real time", 4 * limit, lambda step: asyncio.run(run(stack, limit, step)))
+    _write(out, results)
     render(results)
     Console().print(f"JSON: {out}")
 
@@ -56,14 +52,9 @@ def api(
 
     state: CliState = ctx.obj
     stack = state.device.voice_stack()
-    err = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
-        task = progress.add_task("api", total=3 * requests + 2 * limit)
-        results = run(stack, limit, requests, lambda name: progress.update(task, advance=1, description=name))
+    results = _with_progress("api", 3 * requests + 2 * limit, lambda step: run(stack, limit, requests, step))
     results["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    _write(out, results)
     table = Table(title="Transcription API (POST /v1/audio/transcriptions, Asterisk prompts)")
     for col in ("clients", "req/s", "× 1 client", "audio s/s", "p50 ms", "p95 ms", "failed"):
         table.add_column(col)
@@ -82,6 +73,19 @@ def api(
         Console().print(f"WebRTC adds {results['webrtc_overhead_p50_ms']} ms at p50 "
                         f"({results['webrtc_vs_direct_p50']}× / {results['webrtc_vs_direct_p95']}× p50 / p95)")
     Console().print(f"JSON: {out}")
+
+
+def _with_progress(label: str, total: int, work: Callable[[Callable[[str], None]], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work`` with a progress bar on stderr; it calls its argument with a description once per step."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        return work(lambda name: progress.update(task, advance=1, description=name))
+
+
+def _write(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
 
 
 def render(results: dict[str, Any]) -> None:

@@ -50,8 +50,9 @@ class Interpreter:
             task = asyncio.create_task(self._caption_whole(transcript))
             self._captions.add(task)
             task.add_done_callback(self._captions.discard)
-        else:
-            await self.output(Caption(transcript.utterance, transcript.text, translated, True))
+        else:  # speech → English by the ASR: the turn's text is already the whole translation
+            whole = transcript.text if self.translator is None else translated
+            await self.output(Caption(transcript.utterance, transcript.text, whole, True))
         return translated or None
 
     def predict(self, transcript: Transcript) -> str | None:

@@ -4,15 +4,11 @@ PortAudio streams in place of WebRTC tracks."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
-
 from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
-from appliance.audio.frame import float_to_int16
+from appliance.audio.queue import PcmQueue
 from appliance.bot.modes import SessionSpec, StateTracker, event_json, open_conversation
 from appliance.kiosk.sound import SoundDevice, SoundSystem
 from appliance.voice.conversation import Flush, OutEvent, Speech
@@ -22,39 +18,18 @@ FRAME_S = 0.02
 OnEvent = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
-class Speaker:
+class Speaker(PcmQueue):
     """Speech queued for the output stream's callback (PortAudio's thread); silence when there is none."""
 
     def __init__(self, on_drained: Callable[[], None]) -> None:
-        self._chunks: deque[np.ndarray] = deque()
-        self._lock = threading.Lock()
+        super().__init__()
         self.on_drained = on_drained
 
-    def push(self, audio: np.ndarray) -> None:
-        with self._lock:
-            self._chunks.append(float_to_int16(audio))
-
-    def flush(self) -> None:
-        with self._lock:
-            self._chunks.clear()
-
-    def take(self, n: int) -> bytes:
-        out = np.zeros(n, np.int16)
-        with self._lock:
-            had, filled = bool(self._chunks), 0
-            while filled < n and self._chunks:
-                chunk = self._chunks[0]
-                take = min(n - filled, len(chunk))
-                out[filled:filled + take] = chunk[:take]
-                filled += take
-                if take == len(chunk):
-                    self._chunks.popleft()
-                else:
-                    self._chunks[0] = chunk[take:]
-            drained = had and not self._chunks
+    def frame(self, n: int) -> bytes:
+        samples, _, drained = self.take(n)
         if drained:
             self.on_drained()
-        return out.tobytes()
+        return samples.tobytes()
 
 
 async def run_local(stack: VoiceStack, spec: SessionSpec, sound: SoundSystem, mic: SoundDevice,
@@ -92,7 +67,7 @@ async def run_local(stack: VoiceStack, spec: SessionSpec, sound: SoundSystem, mi
         return None, sound.pyaudio.paContinue
 
     def playback(data: bytes | None, frames: int, info: Any, status: int) -> tuple[bytes, int]:
-        return speaker.take(frames), sound.pyaudio.paContinue
+        return speaker.frame(frames), sound.pyaudio.paContinue
 
     conversation = open_conversation(stack, spec, out, out_rate)
     resampler = StreamResampler(in_rate, ASR_RATE, quality="QQ") if in_rate != ASR_RATE else None

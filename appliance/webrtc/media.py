@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,7 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
-from appliance.audio.frame import float_to_int16
+from appliance.audio.queue import PcmQueue
 
 OUT_RATE = 48000  # Opus' clock; synthesised speech is produced at this rate, so nothing resamples on the way out
 PTIME_S = 0.02
@@ -56,7 +55,7 @@ class SpeechTrack(MediaStreamTrack):
 
     def __init__(self, on_drained: Callable[[], None] | None = None) -> None:
         super().__init__()
-        self._chunks: deque[np.ndarray] = deque()
+        self.queue = PcmQueue()
         self._samples = OUT_RATE * PTIME_S
         self._start: float | None = None
         self._pts = 0
@@ -64,14 +63,10 @@ class SpeechTrack(MediaStreamTrack):
         self.sent_speech_at: float | None = None  # time.monotonic() of the first speech frame sent
 
     def push(self, audio: np.ndarray) -> None:
-        self._chunks.append(float_to_int16(audio))
+        self.queue.push(audio)
 
     def flush(self) -> None:
-        self._chunks.clear()
-
-    @property
-    def pending(self) -> int:
-        return sum(len(c) for c in self._chunks)
+        self.queue.flush()
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -90,21 +85,10 @@ class SpeechTrack(MediaStreamTrack):
         return frame
 
     def _take(self, n: int) -> np.ndarray:
-        out = np.zeros(n, np.int16)
-        had = bool(self._chunks)
-        filled = 0
-        while filled < n and self._chunks:
-            chunk = self._chunks[0]
-            take = min(n - filled, len(chunk))
-            out[filled:filled + take] = chunk[:take]
-            filled += take
-            if take == len(chunk):
-                self._chunks.popleft()
-            else:
-                self._chunks[0] = chunk[take:]
+        out, had, drained = self.queue.take(n)
         if had and self.sent_speech_at is None:
             self.sent_speech_at = time.monotonic()
-        if had and not self._chunks and self.on_drained is not None:
+        if drained and self.on_drained is not None:
             self.on_drained()
         return out
 

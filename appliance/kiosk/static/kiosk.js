@@ -44,9 +44,10 @@ function caption(event) {
     $("history").appendChild(turn);
     turns.set(event.utterance, turn);
   }
-  turn.classList.toggle("plain", !event.target);
-  turn.querySelector(".source").textContent = event.source;
-  turn.querySelector(".target").textContent = event.target || "";
+  const same = !event.target || event.target === event.source;  // Whisper translated: no source text
+  turn.classList.toggle("plain", same);
+  turn.querySelector(".source").textContent = same ? (event.target || event.source) : event.source;
+  turn.querySelector(".target").textContent = same ? "" : event.target;
   while ($("history").children.length > 30) $("history").firstChild.remove();
   turn.scrollIntoView({ block: "end" });
 }
