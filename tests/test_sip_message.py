@@ -11,19 +11,19 @@ from appliance.sip.message import Request, Response, SipParseError, bad_request,
 from appliance.sip.uri import Address, SipUri
 
 INVITE = (
-    "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
-    "Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n"
-    "Max-Forwards: 70\r\n"
-    'To: Bob <sip:bob@biloxi.example.com>\r\n'
-    'From: "Alice A." <sip:alice@atlanta.example.com>;tag=1928301774\r\n'
-    "Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n"
-    "CSeq: 314159 INVITE\r\n"
-    "Contact: <sip:alice@pc33.atlanta.example.com>\r\n"
-    "Content-Type: application/sdp\r\n"
-    "Content-Length: 4\r\n"
-    "\r\n"
-    "v=0\n"
-).encode()
+    b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n"
+    b"Max-Forwards: 70\r\n"
+    b'To: Bob <sip:bob@biloxi.example.com>\r\n'
+    b'From: "Alice A." <sip:alice@atlanta.example.com>;tag=1928301774\r\n'
+    b"Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n"
+    b"CSeq: 314159 INVITE\r\n"
+    b"Contact: <sip:alice@pc33.atlanta.example.com>\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: 4\r\n"
+    b"\r\n"
+    b"v=0\n"
+)
 
 
 def test_parses_the_rfc_invite() -> None:
@@ -39,12 +39,12 @@ def test_parses_the_rfc_invite() -> None:
 
 def test_compact_folded_and_comma_separated_headers() -> None:
     text = (
-        "OPTIONS sip:[2001:db8::10]:5070;transport=tcp SIP/2.0\r\n"
-        "v: SIP/2.0/TCP [2001:db8::9]:5060;branch=z9hG4bKa,\r\n"
-        "  SIP/2.0/UDP proxy.example.com;branch=z9hG4bKb;received=192.0.2.4\r\n"
-        "f: <sip:carol@example.com>;tag=x\r\nt: sip:dave@example.com\r\ni: c1\r\n"
-        "CSeq: 1 OPTIONS\r\nl: 0\r\n\r\n"
-    ).encode()
+        b"OPTIONS sip:[2001:db8::10]:5070;transport=tcp SIP/2.0\r\n"
+        b"v: SIP/2.0/TCP [2001:db8::9]:5060;branch=z9hG4bKa,\r\n"
+        b"  SIP/2.0/UDP proxy.example.com;branch=z9hG4bKb;received=192.0.2.4\r\n"
+        b"f: <sip:carol@example.com>;tag=x\r\nt: sip:dave@example.com\r\ni: c1\r\n"
+        b"CSeq: 1 OPTIONS\r\nl: 0\r\n\r\n"
+    )
     message = parse(text, stream=True)
     assert isinstance(message, Request)
     assert message.uri.host == "[2001:db8::10]" and message.uri.port == 5070
@@ -55,8 +55,8 @@ def test_compact_folded_and_comma_separated_headers() -> None:
 
 
 def test_response_and_extra_datagram_bytes() -> None:
-    text = ("SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\nFrom: <sip:a@a>;tag=1\r\n"
-            "To: <sip:b@b>;tag=2\r\nCall-ID: x\r\nCSeq: 2 INVITE\r\nContent-Length: 2\r\n\r\nokTRAILING").encode()
+    text = (b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\nFrom: <sip:a@a>;tag=1\r\n"
+            b"To: <sip:b@b>;tag=2\r\nCall-ID: x\r\nCSeq: 2 INVITE\r\nContent-Length: 2\r\n\r\nokTRAILING")
     message = parse(text)
     assert isinstance(message, Response) and message.status == 180 and message.body == b"ok"
 
