@@ -1,12 +1,13 @@
 """Speech waiting to be played: int16 chunks taken in fixed-size frames, padded with silence when short.
 
 Safe across threads (a sound card's callback takes while the event loop pushes); ``flush`` drops it all
-(barge-in)."""
+(barge-in); ``on_drained`` is called, from the taking thread, when the last queued speech has been taken."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -14,9 +15,10 @@ from appliance.audio.frame import float_to_int16
 
 
 class PcmQueue:
-    def __init__(self) -> None:
+    def __init__(self, on_drained: Callable[[], None] | None = None) -> None:
         self._chunks: deque[np.ndarray] = deque()
         self._lock = threading.Lock()
+        self.on_drained = on_drained
 
     def push(self, audio: np.ndarray) -> None:
         samples = float_to_int16(audio)
@@ -27,9 +29,8 @@ class PcmQueue:
         with self._lock:
             self._chunks.clear()
 
-    def take(self, n: int) -> tuple[np.ndarray, bool, bool]:
-        """``n`` samples (silence where nothing is queued), whether any were speech, and whether that emptied
-        the queue."""
+    def take(self, n: int) -> np.ndarray:
+        """``n`` samples: queued speech, then silence."""
         out = np.zeros(n, np.int16)
         filled = 0
         with self._lock:
@@ -43,4 +44,7 @@ class PcmQueue:
                     self._chunks.popleft()
                 else:
                     self._chunks[0] = chunk[take:]
-            return out, had, had and not self._chunks
+            drained = had and not self._chunks
+        if drained and self.on_drained is not None:
+            self.on_drained()
+        return out

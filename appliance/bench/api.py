@@ -10,7 +10,6 @@ Client and server share this process (and its two cores); the figures include th
 from __future__ import annotations
 
 import asyncio
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,19 +24,12 @@ from appliance.api.keys import KeyStore
 from appliance.api.threaded import ThreadedServer
 from appliance.audio import resample, wav_bytes
 from appliance.bench.corpus import Prompt, last_speech_sample, load_prompts
-from appliance.bench.voice import STREAMING, run_turn
+from appliance.bench.voice import STREAMING, latency_stats, run_turn
 from appliance.config.settings import ApiSettings
 from appliance.voice.stack import VoiceStack
 from appliance.webrtc.client import RATE, call
 
 Progress = Callable[[str], None]
-
-
-def _ms(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-    return {"n": len(values), "p50_ms": round(1000 * statistics.median(values), 1),
-            "p95_ms": round(1000 * float(np.percentile(values, 95)), 1)}
 
 
 async def transcription_load(url: str, token: str, prompts: list[Prompt], clients: int, requests: int,
@@ -68,7 +60,7 @@ async def transcription_load(url: str, token: str, prompts: list[Prompt], client
     audio_s = sum(len(prompts[i % len(prompts)].audio) for i in range(requests)) / 16000
     return {"clients": clients, "requests": requests, "failed": len(failures), "errors": failures[:3],
             "req_per_s": round(len(latencies) / wall, 2), "audio_s_per_s": round(audio_s / wall, 1),
-            **_ms(latencies)}
+            **latency_stats(latencies)}
 
 
 async def webrtc_latency(url: str, token: str, prompts: list[Prompt], progress: Progress) -> dict[str, Any]:
@@ -88,7 +80,7 @@ async def webrtc_latency(url: str, token: str, prompts: list[Prompt], progress: 
             latencies.append(first - result.marked_at)
             turns[prompt.name] = round(1000 * latencies[-1], 1)
         progress(f"webrtc {prompt.name}")
-    return {**_ms(latencies), "missed": missed, "turns_ms": turns}
+    return {**latency_stats(latencies), "missed": missed, "turns_ms": turns}
 
 
 async def direct_latency(stack: VoiceStack, prompts: list[Prompt], progress: Progress) -> dict[str, Any]:
@@ -100,7 +92,7 @@ async def direct_latency(stack: VoiceStack, prompts: list[Prompt], progress: Pro
             latencies.append(turn.latency_s)
         turns[prompt.name] = round(1000 * turn.latency_s, 1) if turn.latency_s is not None else None
         progress(f"direct {prompt.name}")
-    return {**_ms(latencies), "missed": len(prompts) - len(latencies), "turns_ms": turns}
+    return {**latency_stats(latencies), "missed": len(prompts) - len(latencies), "turns_ms": turns}
 
 
 def run(stack: VoiceStack, limit: int, requests: int, progress: Progress) -> dict[str, Any]:

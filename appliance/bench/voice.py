@@ -115,7 +115,7 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
     return Turn(prompt.name, latency, " ".join(heard), " ".join(said))
 
 
-def _stats(values: list[float]) -> dict[str, float | int]:
+def latency_stats(values: list[float]) -> dict[str, float | int]:
     if not values:
         return {"n": 0}
     ordered = sorted(values)
@@ -134,7 +134,7 @@ async def latency_suite(stack: VoiceStack, prompts: list[Prompt], task: str,
             if progress:
                 progress(f"{task} {mode.name} {prompt.name}")
         latencies = [t.latency_s for t in turns if t.latency_s is not None]
-        out[mode.name] = {**_stats(latencies), "missed": sum(t.latency_s is None for t in turns),
+        out[mode.name] = {**latency_stats(latencies), "missed": sum(t.latency_s is None for t in turns),
                           "turns": [asdict(t) for t in turns]}
         if task == "echo":
             out[mode.name]["wer"] = round(wer([p.text for p in prompts], [t.heard for t in turns]), 4)
@@ -163,7 +163,7 @@ async def tts_suite(stack: VoiceStack, texts: list[str]) -> dict[str, Any]:
         heard = await asyncio.to_thread(asr.transcribe, resample(whole, tts.out_rate, 16000), AsrOptions(language="en"))
         round_trip_refs.append(text)
         round_trip_hyps.append(heard.text)
-    return {"first_audio": _stats(firsts), "rtf_mean": round(statistics.fmean(rtfs), 3),
+    return {"first_audio": latency_stats(firsts), "rtf_mean": round(statistics.fmean(rtfs), 3),
             "rtf_max": round(max(rtfs), 3), "round_trip_wer": round(wer(round_trip_refs, round_trip_hyps), 4)}
 
 

@@ -6,10 +6,12 @@ three modes behave the same whichever way the audio arrives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from appliance.audio.queue import PcmQueue
 from appliance.bot.echo import EchoBot
 from appliance.errors import ApplianceError
 from appliance.interpret.session import Interpreter
@@ -118,3 +120,29 @@ class StateTracker:
     def _set(self, new: State) -> State | None:
         changed, self.state = new != self.state, new
         return new if changed else None
+
+
+class EventRelay:
+    """A conversation's output for a transport that plays the speech itself (a WebRTC track, a sound card):
+    speech into ``speaker``, dropped on barge-in; every event, and each change of state, to ``send`` as JSON.
+    The speaker reports when it has played everything (``played_out``): that ends the speaking state."""
+
+    def __init__(self, mode: Mode, speaker: PcmQueue, send: Callable[[dict[str, Any]], None]) -> None:
+        self.speaker, self.send = speaker, send
+        self.states = StateTracker(mode)
+        speaker.on_drained = self.played_out
+
+    async def __call__(self, event: OutEvent) -> None:
+        if isinstance(event, Speech):
+            self.speaker.push(event.chunk.audio)
+        elif isinstance(event, Flush):
+            self.speaker.flush()
+        self.send(event_json(event))
+        self._state(self.states.on_event(event))
+
+    def played_out(self) -> None:
+        self._state(self.states.played_out())
+
+    def _state(self, state: State | None) -> None:
+        if state is not None:
+            self.send({"type": "state", "state": state})

@@ -4,32 +4,17 @@ PortAudio streams in place of WebRTC tracks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
 from appliance.audio.queue import PcmQueue
-from appliance.bot.modes import SessionSpec, StateTracker, event_json, open_conversation
+from appliance.bot.modes import EventRelay, SessionSpec, open_conversation
 from appliance.kiosk.sound import SoundDevice, SoundSystem
-from appliance.voice.conversation import Flush, OutEvent, Speech
 from appliance.voice.stack import VoiceStack
 
 FRAME_S = 0.02
-OnEvent = Callable[[dict[str, Any]], Awaitable[None] | None]
-
-
-class Speaker(PcmQueue):
-    """Speech queued for the output stream's callback (PortAudio's thread); silence when there is none."""
-
-    def __init__(self, on_drained: Callable[[], None]) -> None:
-        super().__init__()
-        self.on_drained = on_drained
-
-    def frame(self, n: int) -> bytes:
-        samples, _, drained = self.take(n)
-        if drained:
-            self.on_drained()
-        return samples.tobytes()
+OnEvent = Callable[[dict[str, Any]], None]
 
 
 async def run_local(stack: VoiceStack, spec: SessionSpec, sound: SoundSystem, mic: SoundDevice,
@@ -38,28 +23,14 @@ async def run_local(stack: VoiceStack, spec: SessionSpec, sound: SoundSystem, mi
     loop = asyncio.get_running_loop()
     in_rate = sound.rate_for(mic, "input", (ASR_RATE, 48000, 44100))
     out_rate = sound.rate_for(speaker_device, "output", (22050, 16000, 48000, 44100))
-    states = StateTracker(spec.mode)
     heard: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
+    speaker = PcmQueue()
+    relay = EventRelay(spec.mode, speaker, on_event)
 
-    async def emit(event: dict[str, Any]) -> None:
-        result = on_event(event)
-        if result is not None:
-            await result
+    def drained() -> None:  # called on PortAudio's thread
+        loop.call_soon_threadsafe(relay.played_out)
 
-    def drained() -> None:
-        if (state := states.played_out()) is not None:
-            asyncio.run_coroutine_threadsafe(emit({"type": "state", "state": state}), loop)
-
-    speaker = Speaker(drained)
-
-    async def out(event: OutEvent) -> None:
-        if isinstance(event, Speech):
-            speaker.push(event.chunk.audio)
-        elif isinstance(event, Flush):
-            speaker.flush()
-        await emit(event_json(event))
-        if (state := states.on_event(event)) is not None:
-            await emit({"type": "state", "state": state})
+    speaker.on_drained = drained
 
     def captured(data: bytes | None, frames: int, info: Any, status: int) -> tuple[None, int]:
         if data:
@@ -67,13 +38,13 @@ async def run_local(stack: VoiceStack, spec: SessionSpec, sound: SoundSystem, mi
         return None, sound.pyaudio.paContinue
 
     def playback(data: bytes | None, frames: int, info: Any, status: int) -> tuple[bytes, int]:
-        return speaker.frame(frames), sound.pyaudio.paContinue
+        return speaker.take(frames).tobytes(), sound.pyaudio.paContinue
 
-    conversation = open_conversation(stack, spec, out, out_rate)
+    conversation = open_conversation(stack, spec, relay, out_rate)
     resampler = StreamResampler(in_rate, ASR_RATE, quality="QQ") if in_rate != ASR_RATE else None
     streams = [sound.open(mic, "input", in_rate, int(in_rate * FRAME_S), captured),
                sound.open(speaker_device, "output", out_rate, int(out_rate * FRAME_S), playback)]
-    await emit({"type": "ready", "mode": spec.mode, "input": mic.name, "output": speaker_device.name,
+    on_event({"type": "ready", "mode": spec.mode, "input": mic.name, "output": speaker_device.name,
                 "input_rate": in_rate, "output_rate": out_rate})
     position = 0
     try:

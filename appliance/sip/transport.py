@@ -14,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from appliance.sip.message import MAX_MESSAGE, Message, Request, Response, SipParseError, bad_request, parse
+from appliance.sip.message import MAX_MESSAGE, Request, Response, SipParseError, bad_request, parse
 from appliance.sip.uri import split_commas
 
 log = logging.getLogger(__name__)
@@ -161,5 +161,5 @@ def _content_length(head: bytes) -> int | None:
     return None
 
 
-def _describe(message: Message) -> str:
-    return message.method if isinstance(message, Request) else f"{message.status} response"  # type: ignore[attr-defined]
+def _describe(message: Request | Response) -> str:
+    return message.method if isinstance(message, Request) else f"{message.status} response"

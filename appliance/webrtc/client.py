@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,43 +19,32 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from appliance.audio.frame import float_to_int16
 from appliance.errors import ApplianceError
+from appliance.webrtc.media import PacedTrack
 
 RATE = 48000
-FRAME = RATE // 50
 
 
-class PcmSource(MediaStreamTrack):
+class PcmSource(PacedTrack):
     """Plays float32 audio (at 48 kHz) in real time, then silence; notes when a given sample went out."""
 
-    kind = "audio"
-
     def __init__(self, audio: np.ndarray, mark_sample: int | None = None) -> None:
-        super().__init__()
+        super().__init__(RATE)
         self.pcm = float_to_int16(audio)
         self.mark_sample = mark_sample if mark_sample is not None else len(audio)
         self.marked_at: float | None = None  # time.monotonic() when the frame holding mark_sample was sent
         self.finished = asyncio.Event()
-        self._pts = 0
-        self._start: float | None = None
+        self._played = 0
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            await asyncio.sleep(max(0.0, self._start + self._pts / RATE - time.monotonic()))
-        chunk = np.zeros(FRAME, np.int16)
-        part = self.pcm[self._pts:self._pts + FRAME]
+    def next_samples(self, n: int) -> np.ndarray:
+        chunk = np.zeros(n, np.int16)
+        part = self.pcm[self._played:self._played + n]
         chunk[:len(part)] = part
-        if self.marked_at is None and self._pts + FRAME > self.mark_sample:
+        if self.marked_at is None and self._played + n > self.mark_sample:
             self.marked_at = time.monotonic()
-        if self._pts + FRAME >= len(self.pcm):
+        self._played += n
+        if self._played >= len(self.pcm):
             self.finished.set()
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = RATE, self._pts, fractions.Fraction(1, RATE)
-        self._pts += FRAME
-        return frame
+        return chunk
 
 
 @dataclass

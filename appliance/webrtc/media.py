@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
-from collections.abc import Callable
 from typing import Any
 
 import av
@@ -45,52 +44,45 @@ class InboundAudio:
         return out.to_float32() if out is not None else None
 
 
-class SpeechTrack(MediaStreamTrack):
-    """An outgoing audio track: queued speech when there is some, silence otherwise, paced at 20 ms a frame.
-
-    ``flush()`` drops what is queued (barge-in); ``on_drained`` is called when the queued speech has been sent.
-    """
+class PacedTrack(MediaStreamTrack):
+    """An outgoing mono s16 audio track at ``rate``, one 20 ms frame per 20 ms of wall time; subclasses say what
+    the next frame holds."""
 
     kind = "audio"
 
-    def __init__(self, on_drained: Callable[[], None] | None = None) -> None:
+    def __init__(self, rate: int) -> None:
         super().__init__()
-        self.queue = PcmQueue()
-        self._samples = OUT_RATE * PTIME_S
+        self.rate = rate
+        self.frame_samples = int(rate * PTIME_S)
         self._start: float | None = None
         self._pts = 0
-        self.on_drained = on_drained
-        self.sent_speech_at: float | None = None  # time.monotonic() of the first speech frame sent
 
-    def push(self, audio: np.ndarray) -> None:
-        self.queue.push(audio)
-
-    def flush(self) -> None:
-        self.queue.flush()
+    def next_samples(self, n: int) -> np.ndarray:
+        raise NotImplementedError
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        n = int(self._samples)
         if self._start is None:
             self._start = time.monotonic()
         else:
-            await asyncio.sleep(max(0.0, self._start + self._pts / OUT_RATE - time.monotonic()))
-        out = self._take(n)
-        frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = OUT_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, OUT_RATE)
-        self._pts += n
+            await asyncio.sleep(max(0.0, self._start + self._pts / self.rate - time.monotonic()))
+        frame = av.AudioFrame.from_ndarray(self.next_samples(self.frame_samples).reshape(1, -1), format="s16",
+                                           layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = self.rate, self._pts, fractions.Fraction(1, self.rate)
+        self._pts += self.frame_samples
         return frame
 
-    def _take(self, n: int) -> np.ndarray:
-        out, had, drained = self.queue.take(n)
-        if had and self.sent_speech_at is None:
-            self.sent_speech_at = time.monotonic()
-        if drained and self.on_drained is not None:
-            self.on_drained()
-        return out
+
+class SpeechTrack(PacedTrack):
+    """Synthesised speech when some is queued, silence otherwise. ``queue.flush()`` drops it (barge-in)."""
+
+    def __init__(self) -> None:
+        super().__init__(OUT_RATE)
+        self.queue = PcmQueue()
+
+    def next_samples(self, n: int) -> np.ndarray:
+        return self.queue.take(n)
 
 
 def listen_without_jitter_delay(receiver: Any) -> None:

@@ -21,9 +21,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from appliance.bot.modes import SessionSpec, StateTracker, event_json, open_conversation
+from appliance.bot.modes import EventRelay, SessionSpec, open_conversation
 from appliance.errors import ApplianceError
-from appliance.voice.conversation import Flush, OutEvent, Speech
 from appliance.voice.stack import VoiceStack
 from appliance.webrtc.media import OUT_RATE, InboundAudio, SpeechTrack, listen_without_jitter_delay
 
@@ -44,9 +43,9 @@ class WebRtcSession:
         self.id = secrets.token_urlsafe(9)
         self.spec = spec
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.speech = SpeechTrack(on_drained=self._drained)
-        self.states = StateTracker(spec.mode)
-        self.conversation = open_conversation(stack, spec, self._out, OUT_RATE)
+        self.speech = SpeechTrack()
+        self.relay = EventRelay(spec.mode, self.speech.queue, self._send)
+        self.conversation = open_conversation(stack, spec, self.relay, OUT_RATE)
         self.channel: RTCDataChannel | None = None
         self._pending: deque[str] = deque(maxlen=200)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,22 +106,9 @@ class WebRtcSession:
         except ValueError:
             data = None
         if isinstance(data, dict) and data.get("type") == "ping":
-            self._send({"type": "pong", "state": self.states.state})
+            self._send({"type": "pong", "state": self.relay.states.state})
         else:
             self._send({"type": "error", "message": "unknown message; the data channel accepts {\"type\": \"ping\"}"})
-
-    async def _out(self, event: OutEvent) -> None:
-        if isinstance(event, Speech):
-            self.speech.push(event.chunk.audio)
-        elif isinstance(event, Flush):
-            self.speech.flush()
-        self._send(event_json(event))
-        if (state := self.states.on_event(event)) is not None:
-            self._send({"type": "state", "state": state})
-
-    def _drained(self) -> None:
-        if (state := self.states.played_out()) is not None:
-            self._send({"type": "state", "state": state})
 
     def _send(self, event: dict[str, Any]) -> None:
         self._pending.append(json.dumps(event, ensure_ascii=False))
