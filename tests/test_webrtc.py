@@ -53,7 +53,7 @@ def wav48(path: Path) -> np.ndarray:
 def test_echo_over_webrtc_captions_and_speaks(rtc_api: tuple[str, str]) -> None:
     url, token = rtc_api
     audio = wav48(EN / "agent-alreadyon.wav")
-    result = asyncio.run(call(url, token, {"mode": "echo", "language": "en"}, audio, tail_s=4))
+    result = asyncio.run(call(url, token, {"mode": "echo", "language": "en"}, audio, tail_s=8))
     finals = " ".join(result.captions())
     assert "agent number" in normalise(finals)
     spoken = [e for _, e in result.events if e["type"] == "audio"]

@@ -78,6 +78,7 @@ class Conversation:
         self._queue: asyncio.Queue[tuple[int, str, _Prepared | None]] = asyncio.Queue()
         self._speaker = asyncio.create_task(self._speak_loop(), name="conversation-speaker")
         self.barge_ins = 0
+        self._starts = 0  # SpeechStarted events seen: an answer made while the user started again is stale
 
     async def feed(self, samples: np.ndarray) -> None:
         await self.listener.feed(samples)
@@ -101,6 +102,7 @@ class Conversation:
 
     async def _on_listener(self, event: ListenerEvent) -> None:
         if isinstance(event, SpeechStarted):
+            self._starts += 1
             self._drop_prepared()
             if self.barge_in:
                 await self._interrupt(event.time)
@@ -115,7 +117,10 @@ class Conversation:
                 self._drop_prepared()
                 self._prepared = _Prepared(event.utterance, text, asyncio.create_task(self._prepare(text)))
         else:
+            starts = self._starts
             text = await self.respond(event)
+            if self.barge_in and self._starts != starts:  # interrupted while answering: _interrupt ran already
+                text = None
             prepared, self._prepared = self._prepared, None
             if prepared is not None and (prepared.utterance, prepared.text) != (event.utterance, text):
                 self._discard(prepared)
