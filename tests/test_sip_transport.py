@@ -12,13 +12,19 @@ from pathlib import Path
 import pytest
 
 from appliance.sip.message import Response, parse
-from appliance.sip.uas import serve
+from appliance.sip.agent import UserAgent
 
 SIPP = shutil.which("sipp")
 SCENARIOS = Path(__file__).parent / "sip"
 OPTIONS = (b"OPTIONS sip:bot@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
            b"From: <sip:tester@127.0.0.1>;tag=77\r\nTo: <sip:bot@127.0.0.1>\r\nCall-ID: {branch}@tester\r\n"
            b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+
+
+async def serve() -> UserAgent:
+    agent = UserAgent("127.0.0.1", 0)
+    await agent.start()
+    return agent
 
 
 async def sipp(port: int, transport: str = "u1", calls: int = 5) -> int:
@@ -76,7 +82,8 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 @pytest.mark.skipif(SIPP is None, reason="needs sipp (Debian sip-tester, installed by make test)")
 def test_sipp_options_then_fuzz_then_options_again() -> None:
     async def scenario() -> None:
-        transport, _ = await serve("127.0.0.1", 0)
+        agent = await serve()
+        transport = agent.transport
         try:
             assert await sipp(transport.port, "u1") == 0
             assert await sipp(transport.port, "t1") == 0  # TCP, framed by Content-Length
@@ -93,22 +100,23 @@ def test_sipp_options_then_fuzz_then_options_again() -> None:
             sock.close()
             assert await sipp(transport.port, "u1", calls=10) == 0  # still answering
         finally:
-            await transport.stop()
+            await agent.stop()
 
     asyncio.run(scenario())
 
 
 def test_retransmission_gets_the_same_answer_once_handled() -> None:
     async def scenario() -> None:
-        transport, uas = await serve("127.0.0.1", 0)
+        agent = await serve()
+        transport = agent.transport
         calls = []
-        original = uas.handlers["OPTIONS"]
+        original = agent.handlers["OPTIONS"]
 
-        async def counting(request, source):  # type: ignore[no-untyped-def]
+        async def counting(request, tx, source):  # type: ignore[no-untyped-def]
             calls.append(request)
-            return await original(request, source)
+            await original(request, tx, source)
 
-        uas.handlers["OPTIONS"] = counting
+        agent.handlers["OPTIONS"] = counting
         sock = client()
         try:
             request = options(sock, "retrans1")
@@ -128,6 +136,6 @@ def test_retransmission_gets_the_same_answer_once_handled() -> None:
             assert isinstance(unknown, Response) and unknown.status == 501
         finally:
             sock.close()
-            await transport.stop()
+            await agent.stop()
 
     asyncio.run(scenario())

@@ -93,6 +93,47 @@ class WyomingSettings(_Section):
     )
 
 
+CallCodec = Literal["G722", "PCMU", "PCMA"]
+CALL_CODECS: tuple[CallCodec, ...] = ("G722", "PCMU", "PCMA")
+
+
+class SipAccount(_Section):
+    name: str = Field(..., min_length=1, description="A name for the account (used in `appliance sip status`).")
+    registrar: str = Field(..., description="Registrar URI, e.g. sip:pbx.example.com:5060 (may name a proxy).")
+    user: str = Field(..., min_length=1, description="User part of the address of record.")
+    password: SecretStr = Field(..., description="Digest password (never logged).")
+    auth_user: str | None = Field(None, description="Digest user name when it differs from `user`.")
+    transport: Literal["udp", "tcp"] = Field("udp", description="Transport to the registrar.")
+    expires_s: int = Field(600, ge=60, le=86400, description="Registration lifetime asked for; refreshed early.")
+
+
+class SipSettings(_Section):
+    enabled: bool = Field(True, description="Answer SIP calls (UDP and TCP).")
+    host: str = Field("0.0.0.0", description="Address the SIP transports listen on.")
+    port: int = Field(5060, ge=0, le=65535, description="SIP port, UDP and TCP (0: any free port).")
+    advertise: str | None = Field(
+        None, description="Address put in Contact and SDP (behind NAT); default: the interface facing the peer."
+    )
+    rtp_port_min: int = Field(10000, ge=1024, le=65534, description="Lowest RTP port (even; RTCP is RTP + 1).")
+    rtp_port_max: int = Field(20000, ge=1025, le=65535, description="Highest RTP port.")
+    max_calls: int = Field(8, ge=1, le=1000, description="Calls at once; more get 503 with Retry-After.")
+    retry_after_s: int = Field(10, ge=1, le=3600, description="Retry-After of a 503 beyond capacity.")
+    ring_s: float = Field(0.0, ge=0, le=60, description="Ring this long before answering.")
+    codecs: list[CallCodec] = Field(
+        default_factory=lambda: list(CALL_CODECS), min_length=1, description="Codecs, preferred first."
+    )
+    routes: dict[str, str] = Field(
+        default_factory=dict, description="Dialled user part -> flow name; unlisted numbers go to `default_flow`."
+    )
+    default_flow: str | None = Field(
+        "example", description="Flow for numbers not in `routes` (None: those calls get 404)."
+    )
+    flows_dir: Path | None = Field(
+        None, description="Directory of flow YAML files (name.yaml); default: the flows shipped with the code."
+    )
+    accounts: list[SipAccount] = Field(default_factory=list, description="Registrations to keep up.")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
@@ -111,6 +152,7 @@ class Settings(BaseSettings):
     voice: VoiceSettings = Field(default_factory=VoiceSettings, description="Voice core.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings, description="Wyoming servers.")
+    sip: SipSettings = Field(default_factory=SipSettings, description="SIP telephony and the call bot.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod

@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-from appliance.sip.message import MAX_MESSAGE, Request, Response, SipParseError, bad_request, parse
+from appliance.sip.message import MAX_MESSAGE, Message, Request, Response, SipParseError, bad_request, parse
 from appliance.sip.uri import split_commas
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,10 @@ def stamp_via(request: Request, source: Source) -> None:
     request.headers[index] = ("Via", ", ".join([first, *others]))
 
 
-def response_destination(response: Response, source: Source) -> Address:
-    """RFC 3261 §18.2.2 with RFC 3581: TCP and rport answer the source; UDP otherwise the Via's port."""
-    via = response.vias[0] if response.get("Via") else None
+def response_destination(message: Message, source: Source) -> Address:
+    """Where responses to a request go (RFC 3261 §18.2.2 with RFC 3581): TCP and rport answer the source; UDP
+    otherwise the top Via's port. ``message`` is the request or a response to it (they share the Via)."""
+    via = message.vias[0] if message.get("Via") else None
     if source.transport == "TCP" or via is None or "rport" in via.params:
         return source.addr
     return source.addr[0], via.port or 5060
@@ -84,6 +86,7 @@ class SipTransport:
         self._udp: _Udp | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: dict[Address, Source] = {}  # TCP connections by peer address, ours or theirs
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,6 +99,24 @@ class SipTransport:
         if self._udp is None or self._udp.transport is None:
             raise RuntimeError("transport not started")
         self._udp.transport.sendto(data, addr)
+
+    async def connect(self, addr: Address) -> Source:
+        """A TCP connection to ``addr`` (reused while open); what arrives on it is delivered like the rest."""
+        if addr in self._streams:
+            return self._streams[addr]
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(addr[0], addr[1]), 5)
+        source = self._stream_source(writer)
+        self._streams[addr] = source
+        self._spawn(self._read_stream(reader, writer, source))
+        return source
+
+    def udp_source(self, addr: Address) -> Source:
+        return Source("UDP", addr, lambda d, a: self.send_udp(d, a))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def deliver(self, data: bytes, source: Source, stream: bool) -> None:
         self.stats.received += 1
@@ -112,9 +133,7 @@ class SipTransport:
             return
         if isinstance(message, Request):
             stamp_via(message, source)
-        task = asyncio.get_running_loop().create_task(self._handle(message, source))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._handle(message, source))
 
     async def _handle(self, message: Request | Response, source: Source) -> None:
         try:
@@ -122,9 +141,21 @@ class SipTransport:
         except Exception:  # a handler's bug must not take the transport down
             log.exception("SIP handler failed on %s from %s", _describe(message), source.addr)
 
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _stream_source(self, writer: asyncio.StreamWriter) -> Source:
         peer = writer.get_extra_info("peername")
-        source = Source("TCP", (peer[0], peer[1]), lambda d, a: writer.write(d))
+
+        def send(data: bytes, _: Address) -> None:
+            if writer.is_closing():
+                raise ConnectionError("the TCP connection is closed")
+            writer.write(data)
+        return Source("TCP", (peer[0], peer[1]), send)
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        source = self._stream_source(writer)
+        self._streams[source.addr] = source
+        await self._read_stream(reader, writer, source)
+
+    async def _read_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: Source) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -140,6 +171,8 @@ class SipTransport:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
+            if self._streams.get(source.addr) is source:
+                del self._streams[source.addr]
             writer.close()
 
     async def stop(self) -> None:
@@ -148,8 +181,10 @@ class SipTransport:
         if self._tcp is not None:
             self._tcp.close()
             await self._tcp.wait_closed()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _content_length(head: bytes) -> int | None:

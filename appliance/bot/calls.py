@@ -1,0 +1,75 @@
+"""What a phone call looks like to an application, whichever transport carries it.
+
+The transport (SIP today) implements ``CallControl`` and drives a ``CallApp``: it feeds the caller's audio
+(16 kHz mono float32) and key presses in, and plays what the app pushes into the speaker queue at the call's rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from appliance.audio.queue import PcmQueue
+from appliance.bot.modes import EventRelay, SessionSpec, open_conversation
+from appliance.voice.stack import VoiceStack
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    call_id: str
+    caller: str  # the From URI
+    called: str  # the dialled user part (routes the call to a flow)
+
+
+class CallControl(Protocol):
+    info: CallInfo
+
+    async def transfer(self, target: str) -> bool:
+        """Hand the caller to ``target`` (a SIP URI or extension); True once the transfer succeeded."""
+        ...
+
+    async def hangup(self, reason: str) -> None: ...
+
+
+class CallApp(Protocol):
+    async def answered(self) -> None:
+        """The call is up (ACK received): greet."""
+        ...
+
+    async def feed(self, samples: np.ndarray) -> None: ...
+    async def dtmf(self, digit: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+# Builds the app of one call: its control, the speaker queue the transport plays, and that queue's rate.
+CallAppFactory = Callable[[CallControl, PcmQueue, int], Awaitable[CallApp]]
+
+
+class ModeCallApp:
+    """A call running one of the session modes (echo, interpret, transcribe) on the shared voice core."""
+
+    def __init__(self, stack: VoiceStack, spec: SessionSpec, speaker: PcmQueue, rate: int,
+                 send: Callable[[dict[str, Any]], None] = lambda event: None) -> None:
+        self.relay = EventRelay(spec.mode, speaker, send)
+        self.conversation = open_conversation(stack, spec, self.relay, rate)
+
+    async def answered(self) -> None:
+        return None
+
+    async def feed(self, samples: np.ndarray) -> None:
+        await self.conversation.feed(samples)
+
+    async def dtmf(self, digit: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.conversation.close()
+
+
+def mode_app_factory(stack: VoiceStack, spec: SessionSpec) -> CallAppFactory:
+    async def make(control: CallControl, speaker: PcmQueue, rate: int) -> CallApp:
+        return ModeCallApp(stack, spec, speaker, rate)
+    return make

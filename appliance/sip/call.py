@@ -1,0 +1,199 @@
+"""One SIP call (a dialog with an audio session) from answer to hang-up, and what the bot may do to it.
+
+The call answers in-dialog requests (BYE, re-INVITE for hold and resume, INFO key presses, NOTIFY of a
+transfer's progress), carries the RTP session's audio and key presses to its application, and implements
+the application's hang-up and transfer (REFER, RFC 3515) as SIP requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+
+from appliance.audio.frame import int16_to_float32
+from appliance.bot.calls import CallApp, CallInfo
+from appliance.sip.agent import UserAgent
+from appliance.sip.dialog import Dialog
+from appliance.sip.media import RtpSession
+from appliance.sip.message import Request, Response
+from appliance.sip.sdp import Negotiated, SdpError, answer, parse_sdp, render
+from appliance.sip.transaction import ServerTransaction
+from appliance.sip.uri import Address, SipUri
+
+log = logging.getLogger(__name__)
+TRANSFER_TIMEOUT_S = 30.0
+
+
+class Call:
+    def __init__(self, agent: UserAgent, dialog: Dialog, media: RtpSession, negotiated: Negotiated, info: CallInfo,
+                 local_address: str, on_end: Callable[[Call], None]) -> None:
+        self.agent, self.dialog, self.media, self.info = agent, dialog, media, info
+        self.negotiated = negotiated
+        self.local_address = local_address
+        self.on_end = on_end
+        self.app: CallApp | None = None
+        self.started = time.monotonic()
+        self.answered_at: float | None = None
+        self.ended = asyncio.get_running_loop().create_future()  # resolves with the reason
+        self._notify: asyncio.Queue[int] = asyncio.Queue()
+        self._audio: asyncio.Queue[np.ndarray] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sdp_version = 1
+
+    # ---- the application's side (CallControl)
+
+    async def hangup(self, reason: str = "bot hung up") -> None:
+        if self.ended.done():
+            return
+        await self._request("BYE")
+        await self.end(reason)
+
+    async def transfer(self, target: str) -> bool:
+        """REFER the caller to ``target``; on a NOTIFY saying the new call was answered, hang up (§2.4.5)."""
+        uri = target if target.startswith(("sip:", "sips:", "tel:")) else \
+            f"sip:{target}@{self.dialog.remote_target.host}"
+        try:
+            SipUri.parse(uri)
+        except Exception:
+            log.warning("transfer target %r is not a SIP URI", target)
+            return False
+        response = await self._request("REFER", headers={"Refer-To": f"<{uri}>",
+                                                         "Referred-By": str(self.dialog.local)})
+        if response is None or response.status >= 300:
+            return False
+        deadline = time.monotonic() + TRANSFER_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                status = await asyncio.wait_for(self._notify.get(), left)
+            except TimeoutError:
+                break
+            if status >= 200:
+                if status < 300:
+                    await self.hangup("transferred")
+                    return True
+                return False
+        return False
+
+    # ---- the peer's side
+
+    async def on_request(self, request: Request, tx: ServerTransaction) -> None:
+        if not self.dialog.accepts(request):
+            self.agent.respond(tx, 500, "Server Internal Error", Retry_After="1")  # out-of-order CSeq (§12.2.2)
+            return
+        method = request.method
+        if method == "BYE":
+            self.agent.respond(tx, 200, "OK")
+            await self.end("caller hung up")
+        elif method == "INVITE":
+            await self._reinvite(request, tx)
+        elif method == "INFO":
+            await self._info(request, tx)
+        elif method == "NOTIFY":
+            self.agent.respond(tx, 200, "OK")
+            self._notify.put_nowait(_sipfrag_status(request.body))
+        elif method == "OPTIONS":
+            self.agent.respond(tx, 200, "OK")
+        else:
+            self.agent.respond(tx, 405 if method == "REFER" else 501, "Not Allowed in this call")
+
+    def on_ack(self, request: Request) -> None:
+        if self.answered_at is None:
+            self.answered_at = time.monotonic()
+            if self.app is not None:
+                self._spawn(self.app.answered())
+
+    async def _reinvite(self, request: Request, tx: ServerTransaction) -> None:
+        if not request.body:
+            self.agent.respond(tx, 488, "Not Acceptable Here", Warning='399 appliance "re-INVITE without SDP"')
+            return
+        try:
+            session, negotiated = answer(parse_sdp(request.body), self.local_address, self.media.local_port)
+        except SdpError as exc:  # the call goes on as it was (§14.2)
+            self.agent.respond(tx, 488, "Not Acceptable Here", Warning=f'305 appliance "{exc}"')
+            return
+        self.media.update(negotiated)
+        self.negotiated = negotiated
+        self._sdp_version += 1
+        session.version = self._sdp_version
+        contact = self.agent.contact(self.dialog.remote_target.host, transport=self.dialog.transport)
+        response = self.agent.response(tx, 200, "OK", render(session), Contact=contact)
+        self.agent.respond_2xx(tx, response)
+
+    async def _info(self, request: Request, tx: ServerTransaction) -> None:
+        kind = (request.get("Content-Type") or "").lower()
+        if kind not in ("application/dtmf-relay", "application/dtmf"):
+            self.agent.respond(tx, 415, "Unsupported Media Type", Accept="application/dtmf-relay")
+            return
+        text = request.body.decode(errors="replace")
+        digit = next((line.split("=", 1)[1].strip() for line in text.splitlines()
+                      if line.lower().startswith("signal=")), text.strip())
+        self.agent.respond(tx, 200, "OK")
+        if digit[:1] and digit[:1].upper() in "0123456789*#ABCD":
+            self.dtmf(digit[:1].upper())
+
+    # ---- media to the application (the RTP session calls these on the event loop; they must not block)
+
+    def audio(self, samples: np.ndarray) -> None:
+        if self.app is not None and not self.ended.done():
+            self._audio.put_nowait(samples)
+
+    def dtmf(self, digit: str) -> None:
+        if self.app is not None and not self.ended.done():
+            self._spawn(self.app.dtmf(digit))
+
+    def run(self, app: CallApp) -> None:
+        """Start feeding the caller's audio to ``app`` (in order, off the RTP receive path)."""
+        self.app = app
+        self._spawn(self._feed(app))
+
+    async def _feed(self, app: CallApp) -> None:
+        while True:
+            await app.feed(int16_to_float32(await self._audio.get()))
+
+    # ---- ending
+
+    async def end(self, reason: str) -> None:
+        if self.ended.done():
+            return
+        self.ended.set_result(reason)
+        self.agent.forget_dialog(self.dialog.id)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.app is not None:
+            with contextlib.suppress(Exception):
+                await self.app.close()
+        await self.media.stop()
+        self.on_end(self)
+        log.info("call %s ended: %s", self.info.call_id, reason)
+
+    async def _request(self, method: str, headers: dict[str, str] | None = None) -> Response | None:
+        via = self.agent.via(self.dialog.remote_target.host, self.dialog.transport)
+        contact = self.agent.contact(self.dialog.remote_target.host, transport=self.dialog.transport)
+        request = self.dialog.request(method, contact, via)
+        for name, value in (headers or {}).items():
+            request.add(name, value)
+        first_hop = Address.parse(self.dialog.route_set[0]).uri if self.dialog.route_set else self.dialog.remote_target
+        try:
+            destination, transport = await self.agent.resolve(first_hop)
+        except OSError as exc:
+            log.warning("cannot reach %s for %s: %s", first_hop, method, exc)
+            return None
+        return await self.agent.send_request(request, destination, transport)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _sipfrag_status(body: bytes) -> int:
+    """The status of a message/sipfrag body ("SIP/2.0 200 OK"); 0 when unreadable."""
+    first = body.decode(errors="replace").strip().split("\r\n")[0].split()
+    return int(first[1]) if len(first) >= 2 and first[0] == "SIP/2.0" and first[1].isdigit() else 0

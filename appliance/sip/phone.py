@@ -1,0 +1,168 @@
+"""The SIP phone service: answers INVITEs (capacity, routing to an application, SDP, media) and places calls.
+
+Beyond capacity a new call gets 503 with Retry-After at once, never silence; a dialled number with no
+application gets 404; an offer with nothing in common gets 488 naming what was offered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from appliance.bot.calls import CallAppFactory, CallInfo
+from appliance.errors import ApplianceError
+from appliance.sip.agent import ALLOW, SUPPORTED, UserAgent
+from appliance.sip.call import Call
+from appliance.sip.dialog import Dialog, new_tag
+from appliance.sip.media import RATE, PortRange, RtpSession
+from appliance.sip.message import Request
+from appliance.sip.sdp import SdpError, answer, parse_sdp, render
+from appliance.sip.transaction import ServerTransaction, Timers
+from appliance.sip.transport import Source
+
+log = logging.getLogger(__name__)
+# Which application answers a call: None means nobody (404).
+Router = Callable[[CallInfo], CallAppFactory | None]
+
+
+@dataclass(frozen=True)
+class PhoneOptions:
+    host: str = "0.0.0.0"
+    port: int = 5060
+    advertise: str | None = None  # the address put in Contact and SDP; default: the interface facing the peer
+    rtp_ports: tuple[int, int] = (10000, 20000)
+    max_calls: int = 8
+    retry_after_s: int = 10
+    ring_s: float = 0.0  # how long to ring before answering (a CANCEL may come meanwhile)
+    codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA")
+    timers: Timers = field(default_factory=Timers)
+
+
+@dataclass
+class PhoneStats:
+    answered: int = 0
+    rejected_busy: int = 0
+    rejected_other: int = 0
+    cancelled: int = 0
+    ended: dict[str, int] = field(default_factory=dict)
+
+
+class Phone:
+    def __init__(self, options: PhoneOptions, router: Router) -> None:
+        self.options = options
+        self.router = router
+        self.agent = UserAgent(options.host, options.port, options.timers, advertise=options.advertise)
+        self.agent.handlers["INVITE"] = self._invite
+        self.calls: dict[str, Call] = {}
+        self.stats = PhoneStats()
+        self._pending = 0  # INVITEs being set up: they count against capacity too
+
+    async def start(self) -> None:
+        await self.agent.start()
+        log.info("SIP listening on %s:%d (UDP and TCP)", self.options.host, self.agent.port)
+
+    async def stop(self) -> None:
+        """Hang up every call (BYE), then close the transport."""
+        await asyncio.gather(*(call.hangup("service stopping") for call in list(self.calls.values())),
+                             return_exceptions=True)
+        await self.agent.stop()
+
+    def status(self) -> dict[str, object]:
+        now = time.monotonic()
+        return {"port": self.agent.port, "calls": [
+            {"call_id": c.info.call_id, "caller": c.info.caller, "called": c.info.called,
+             "seconds": round(now - c.started, 1), "codec": c.negotiated.codec} for c in self.calls.values()],
+            "max_calls": self.options.max_calls, "answered": self.stats.answered,
+            "rejected_busy": self.stats.rejected_busy, "ended": dict(self.stats.ended)}
+
+    async def _invite(self, request: Request, tx: ServerTransaction, source: Source) -> None:
+        agent = self.agent
+        if len(self.calls) + self._pending >= self.options.max_calls:
+            self.stats.rejected_busy += 1
+            agent.respond(tx, 503, "Service Unavailable", Retry_After=str(self.options.retry_after_s))
+            return
+        info = CallInfo(request.call_id, str(request.from_.uri), request.uri.user or "")
+        factory = self.router(info)
+        if factory is None:
+            self.stats.rejected_other += 1
+            agent.respond(tx, 404, "Not Found")
+            return
+        if not request.body:
+            self.stats.rejected_other += 1
+            agent.respond(tx, 488, "Not Acceptable Here", Warning='399 appliance "an SDP offer is required"')
+            return
+        local = agent.host_for(source.addr[0])
+        self._pending += 1
+        try:
+            await self._answer(request, tx, source, info, factory, local)
+        finally:
+            self._pending -= 1
+
+    async def _answer(self, request: Request, tx: ServerTransaction, source: Source, info: CallInfo,
+                      factory: CallAppFactory, local: str) -> None:
+        agent = self.agent
+        holder: list[Call] = []
+        try:
+            offer = parse_sdp(request.body)
+            media = await RtpSession.open(local if self.options.advertise is None else self.options.host,
+                                          PortRange(*self.options.rtp_ports),
+                                          lambda samples: holder[0].audio(samples) if holder else None,
+                                          lambda digit: holder[0].dtmf(digit) if holder else None)
+        except SdpError as exc:
+            self.stats.rejected_other += 1
+            agent.respond(tx, 488, "Not Acceptable Here", Warning=f'305 appliance "{exc}"')
+            return
+        except ApplianceError as exc:
+            log.warning("no RTP port for a call: %s", exc)
+            self.stats.rejected_busy += 1
+            agent.respond(tx, 503, "Service Unavailable", Retry_After=str(self.options.retry_after_s))
+            return
+        try:
+            session, negotiated = answer(offer, local, media.local_port, self.options.codecs)
+        except SdpError as exc:
+            await media.stop()
+            self.stats.rejected_other += 1
+            agent.respond(tx, 488, "Not Acceptable Here", Warning=f'305 appliance "{exc}"')
+            return
+        ringing = agent.respond(tx, 180, "Ringing")
+        dialog = Dialog.as_uas(request, ringing.to.tag or new_tag(), source.transport)
+        call = Call(agent, dialog, media, negotiated, info, local, self._ended)
+        cancelled = asyncio.Event()
+        tx.on_cancel = cancelled.set
+        if self.options.ring_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancelled.wait(), self.options.ring_s)
+        app = None
+        try:
+            if not cancelled.is_set():
+                app = await factory(call, media.speaker, RATE)
+        except Exception as exc:
+            log.warning("call %s: the application failed to start: %s", info.call_id, exc)
+            agent.respond(tx, 500, "Server Internal Error")
+            await media.stop()
+            return
+        if app is None or cancelled.is_set() or tx.final_sent:  # CANCEL won the race: the agent sent 487
+            self.stats.cancelled += 1
+            if app is not None:
+                await app.close()
+            await media.stop()
+            return
+        holder.append(call)
+        agent.dialogs[dialog.id] = call
+        self.calls[info.call_id] = call
+        self.stats.answered += 1
+        call.run(app)
+        media.start(negotiated)
+        contact = agent.contact(source.addr[0], transport=source.transport)
+        ok = agent.response(tx, 200, "OK", render(session), Contact=contact, Allow=ALLOW, Supported=SUPPORTED)
+        if not await agent.respond_2xx(tx, ok):  # no ACK within 64·T1: the call cannot go on (§13.3.1.4)
+            await call.hangup("no ACK")
+
+    def _ended(self, call: Call) -> None:
+        self.calls.pop(call.info.call_id, None)
+        reason = call.ended.result() if call.ended.done() else "unknown"
+        self.stats.ended[reason] = self.stats.ended.get(reason, 0) + 1
