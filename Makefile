@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio19-dev chromium sip-tester \
-	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es
+	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es \
+	kamailio baresip-core
 PYTEST_ARGS ?=
 
 .PHONY: run test setup system venv converter models check clean
@@ -32,6 +33,7 @@ system:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    if [ -d /run/systemd/system ]; then systemctl disable --now kamailio.service >/dev/null 2>&1 || true; fi; \
 	  else echo "missing system packages; run: sudo apt-get install -y" $$missing; exit 1; fi; \
 	fi
 

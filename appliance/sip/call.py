@@ -31,7 +31,8 @@ TRANSFER_TIMEOUT_S = 30.0
 
 
 class Call:
-    def __init__(self, agent: UserAgent, dialog: Dialog, media: RtpSession, negotiated: Negotiated, info: CallInfo,
+    def __init__(self, agent: UserAgent, dialog: Dialog, media: RtpSession, negotiated: Negotiated | None,
+                 info: CallInfo,
                  local_address: str, on_end: Callable[[Call], None]) -> None:
         self.agent, self.dialog, self.media, self.info = agent, dialog, media, info
         self.negotiated = negotiated
@@ -173,17 +174,31 @@ class Call:
         self.on_end(self)
         log.info("call %s ended: %s", self.info.call_id, reason)
 
+    async def acknowledge(self) -> None:
+        """Our ACK of the peer's 2xx (calls we placed), then the call is up."""
+        request = self._new("ACK")
+        destination, transport = await self._next_hop()
+        await self.agent.send_ack(request, destination, transport)
+        self.on_ack(request)
+
+    def _new(self, method: str) -> Request:
+        peer = self.dialog.remote_target.host
+        via = self.agent.via(peer, self.dialog.transport)
+        return self.dialog.request(method, self.agent.contact(peer, transport=self.dialog.transport), via)
+
+    async def _next_hop(self) -> tuple[tuple[str, int], str]:
+        """The first Route if there is a route set, else the peer's Contact (§12.2.1.1)."""
+        uri = Address.parse(self.dialog.route_set[0]).uri if self.dialog.route_set else self.dialog.remote_target
+        return await self.agent.resolve(uri)
+
     async def _request(self, method: str, headers: dict[str, str] | None = None) -> Response | None:
-        via = self.agent.via(self.dialog.remote_target.host, self.dialog.transport)
-        contact = self.agent.contact(self.dialog.remote_target.host, transport=self.dialog.transport)
-        request = self.dialog.request(method, contact, via)
+        request = self._new(method)
         for name, value in (headers or {}).items():
             request.add(name, value)
-        first_hop = Address.parse(self.dialog.route_set[0]).uri if self.dialog.route_set else self.dialog.remote_target
         try:
-            destination, transport = await self.agent.resolve(first_hop)
+            destination, transport = await self._next_hop()
         except OSError as exc:
-            log.warning("cannot reach %s for %s: %s", first_hop, method, exc)
+            log.warning("cannot reach the peer of call %s for %s: %s", self.info.call_id, method, exc)
             return None
         return await self.agent.send_request(request, destination, transport)
 

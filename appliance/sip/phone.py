@@ -18,13 +18,22 @@ from appliance.errors import ApplianceError
 from appliance.sip.agent import ALLOW, SUPPORTED, UserAgent
 from appliance.sip.call import Call
 from appliance.sip.dialog import Dialog, new_tag
+from appliance.sip.digest import DigestClient
 from appliance.sip.media import RATE, PortRange, RtpSession
 from appliance.sip.message import Request
-from appliance.sip.sdp import SdpError, answer, parse_sdp, render
+from appliance.sip.outbound import new_request, send_authenticated
+from appliance.sip.sdp import SdpError, accept, answer, parse_sdp, render
+from appliance.sip.sdp import offer as sdp_offer
 from appliance.sip.transaction import ServerTransaction, Timers
 from appliance.sip.transport import Source
+from appliance.sip.uri import Address, SipSyntaxError, SipUri
 
 log = logging.getLogger(__name__)
+
+
+class CallFailed(ApplianceError):
+    """An outbound call that was not answered (the reason is the final status)."""
+
 # Which application answers a call: None means nobody (404).
 Router = Callable[[CallInfo], CallAppFactory | None]
 
@@ -73,11 +82,12 @@ class Phone:
 
     def status(self) -> dict[str, object]:
         now = time.monotonic()
-        return {"port": self.agent.port, "calls": [
-            {"call_id": c.info.call_id, "caller": c.info.caller, "called": c.info.called,
-             "seconds": round(now - c.started, 1), "codec": c.negotiated.codec} for c in self.calls.values()],
-            "max_calls": self.options.max_calls, "answered": self.stats.answered,
-            "rejected_busy": self.stats.rejected_busy, "ended": dict(self.stats.ended)}
+        calls = [{"call_id": c.info.call_id, "caller": c.info.caller, "called": c.info.called,
+                  "seconds": round(now - c.started, 1), "codec": c.negotiated.codec if c.negotiated else None}
+                 for c in self.calls.values()]
+        return {"port": self.agent.port, "calls": calls, "max_calls": self.options.max_calls,
+                "answered": self.stats.answered, "rejected_busy": self.stats.rejected_busy,
+                "cancelled": self.stats.cancelled, "ended": dict(self.stats.ended)}
 
     async def _invite(self, request: Request, tx: ServerTransaction, source: Source) -> None:
         agent = self.agent
@@ -161,6 +171,66 @@ class Phone:
         ok = agent.response(tx, 200, "OK", render(session), Contact=contact, Allow=ALLOW, Supported=SUPPORTED)
         if not await agent.respond_2xx(tx, ok):  # no ACK within 64·T1: the call cannot go on (§13.3.1.4)
             await call.hangup("no ACK")
+
+    async def call(self, target: str, factory: CallAppFactory, user: str = "appliance",
+                   digest: DigestClient | None = None) -> Call:
+        """Place a call to ``target`` (a SIP URI) and run ``factory``'s app on it once answered. Raises
+        CallFailed with the final status when it is not answered."""
+        agent = self.agent
+        try:
+            uri = SipUri.parse(target)
+        except SipSyntaxError as exc:
+            raise CallFailed(str(exc)) from None
+        if len(self.calls) + self._pending >= self.options.max_calls:
+            raise CallFailed(f"already {len(self.calls)} calls (sip.max_calls)")
+        try:
+            destination, transport = await agent.resolve(uri)
+        except OSError as exc:
+            raise CallFailed(f"cannot resolve {uri.host}: {exc}") from None
+        local = agent.host_for(destination[0])
+        holder: list[Call] = []
+        media = await RtpSession.open(local if self.options.advertise is None else self.options.host,
+                                      PortRange(*self.options.rtp_ports),
+                                      lambda samples: holder[0].audio(samples) if holder else None,
+                                      lambda digit: holder[0].dtmf(digit) if holder else None)
+        self._pending += 1
+        try:
+            ours = sdp_offer(local, media.local_port, self.options.codecs)
+            sender = Address(SipUri("sip", local, user, port=agent.port))
+            request = new_request(agent, "INVITE", uri, sender, Address(uri), destination[0], transport)
+            request.add("Content-Type", "application/sdp")
+            request.body = render(ours)
+            request, response = await send_authenticated(agent, request, destination, transport, digest)
+            if not 200 <= response.status < 300:
+                raise CallFailed(f"{response.status} {response.reason}".strip())
+            dialog = Dialog.as_uac(request, response, transport)
+            info = CallInfo(request.call_id, str(sender.uri), uri.user or str(uri))
+            call = Call(agent, dialog, media, None, info, local, self._ended)
+            try:
+                call.negotiated = accept(ours, parse_sdp(response.body))
+            except SdpError as exc:
+                await call.acknowledge()
+                await call.hangup(f"unusable answer: {exc}")
+                raise CallFailed(f"unusable SDP answer: {exc}") from None
+        except BaseException:
+            if not holder:
+                await media.stop()
+            raise
+        finally:
+            self._pending -= 1
+        holder.append(call)
+        agent.dialogs[dialog.id] = call
+        self.calls[info.call_id] = call
+        try:
+            call.run(await factory(call, media.speaker, RATE))
+        except Exception as exc:
+            await call.acknowledge()
+            await call.hangup("application failed")
+            raise CallFailed(f"the application failed to start: {exc}") from exc
+        assert call.negotiated is not None
+        media.start(call.negotiated)
+        await call.acknowledge()
+        return call
 
     def _ended(self, call: Call) -> None:
         self.calls.pop(call.info.call_id, None)

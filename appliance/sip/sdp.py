@@ -150,6 +150,23 @@ def answer(offer: Session, local_address: str, local_port: int, preferred: tuple
     return session, Negotiated(codec, int(pt), int(dtmf) if dtmf is not None else None, ptime, remote, direction)
 
 
+def accept(our_offer: Session, their_answer: Session) -> Negotiated:
+    """What was agreed when ``their_answer`` came back for ``our_offer`` (RFC 3264 §5): the first codec of the
+    answer that we offered. Raises SdpError when the answer is unusable (the call is then hung up)."""
+    audio, offered = their_answer.audio(), our_offer.audio()
+    if audio is None or offered is None:
+        raise SdpError("the answer declined the audio stream")
+    ours = {codec_name(offered, pt) for pt in offered.formats}
+    codec_pt = next((pt for pt in audio.formats if codec_name(audio, pt) in ours and pt in offered.formats
+                     and codec_name(audio, pt) in CODECS), None)
+    if codec_pt is None:
+        raise SdpError("the answer holds none of the codecs offered")
+    dtmf = next((p for p in audio.formats if codec_name(audio, p) == "TELEPHONE-EVENT"), None)
+    return Negotiated(codec_name(audio, codec_pt) or "", int(codec_pt), int(dtmf) if dtmf is not None else None,
+                      audio.ptime or offered.ptime or 20, (their_answer.address_of(audio), audio.port),
+                      DIRECTIONS.get(audio.direction, "sendrecv"))
+
+
 def offer(local_address: str, local_port: int, codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA"),
           direction: str = "sendrecv", ptime: int = 20) -> Session:
     formats = [str(CODECS[c][0]) for c in codecs] + ["101"]
