@@ -6,6 +6,8 @@ The transport (SIP today) implements ``CallControl`` and drives a ``CallApp``: i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,6 +69,53 @@ class ModeCallApp:
 
     async def close(self) -> None:
         await self.conversation.close()
+
+
+class Announcement:
+    """Says one text when the call is up, waits until it has been played, then hangs up."""
+
+    def __init__(self, stack: VoiceStack, text: str, language: str, control: CallControl, speaker: PcmQueue,
+                 rate: int) -> None:
+        self.tts = stack.tts(language, out_rate=rate)
+        self.text, self.control, self.speaker, self.rate = text, control, speaker, rate
+        self.played = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def answered(self) -> None:
+        self._task = asyncio.create_task(self._say())
+
+    async def _say(self) -> None:
+        loop = asyncio.get_running_loop()
+        pushed_all = False
+
+        def drained() -> None:  # called from whichever thread takes the audio; between chunks too
+            if pushed_all:
+                loop.call_soon_threadsafe(self.played.set)
+        self.speaker.on_drained = drained
+        async for chunk in self.tts.stream(self.text):
+            self.speaker.push(chunk.audio)
+        pushed_all = True
+        self.speaker.push(np.zeros(self.rate // 5, np.int16))  # 200 ms of silence: its draining ends the speech
+        await self.played.wait()
+        await self.control.hangup("announcement played")
+
+    async def feed(self, samples: np.ndarray) -> None:
+        return None
+
+    async def dtmf(self, digit: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def announcement_factory(stack: VoiceStack, text: str, language: str = "en") -> CallAppFactory:
+    async def make(control: CallControl, speaker: PcmQueue, rate: int) -> CallApp:
+        return Announcement(stack, text, language, control, speaker, rate)
+    return make
 
 
 def mode_app_factory(stack: VoiceStack, spec: SessionSpec) -> CallAppFactory:
