@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 
@@ -61,7 +62,7 @@ def test_client_transactions_retransmit_on_schedule_then_time_out() -> None:
             tx.start()
             final = await asyncio.wait_for(tx.final, 3)
             assert final.status == 408 and tx.state == "terminated"
-            gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)][:4]
+            gaps = [b - a for a, b in itertools.pairwise(sent)][:4]
             for gap, expected in zip(gaps, first_gaps, strict=True):  # A doubles; E doubles up to T2
                 assert expected * 0.8 < gap < expected + 0.05, (method, gaps)
             assert 64 * FAST.t1 <= sent[-1] - sent[0] + 0.2
@@ -122,7 +123,8 @@ def test_agent_cancel_retransmission_and_stray_requests() -> None:
             peer.sock.sendto(request("CANCEL", "none", peer.port).replace(b"1 INVITE", b"1 CANCEL"), to)
             bad = (request("OPTIONS", "m0", peer.port).replace(b"Max-Forwards: 70", b"Max-Forwards: 0"))
             peer.sock.sendto(bad, to)
-            peer.sock.sendto(request("OPTIONS", "r1", peer.port).replace(b"Max-Forwards", b"Require: 100rel\r\nMax-Forwards"), to)
+            unknown = request("OPTIONS", "r1", peer.port).replace(b"Max-Forwards", b"Require: 100rel\r\nMax-Forwards")
+            peer.sock.sendto(unknown, to)
             statuses = sorted(r.status for r in await peer.collect(0.2))
             assert statuses == [420, 481, 481, 483]
         finally:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.sip.message import Response, parse
 from appliance.sip.agent import UserAgent
+from appliance.sip.message import Response, parse
 
 SIPP = shutil.which("sipp")
 SCENARIOS = Path(__file__).parent / "sip"

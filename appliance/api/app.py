@@ -28,6 +28,7 @@ from prometheus_client import (
 from appliance.api.keys import ApiKey, KeyStore
 from appliance.api.limits import BodyLimit, RateLimiter, error_body
 from appliance.config.settings import ApiSettings
+from appliance.sip.service import SipService
 from appliance.voice.stack import VoiceStack
 from appliance.webrtc.peer import WebRtcHub
 
@@ -45,6 +46,7 @@ class ApiServices:
     models: Callable[[], list[str]]  # provisioned model ids
     stack: VoiceStack | None = None
     warm_error: str | None = None
+    sip: SipService | None = None  # the phone, when this process answers calls
     limiter: RateLimiter = field(init=False)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
@@ -80,8 +82,12 @@ def create_app(services: ApiServices) -> FastAPI:
         loop = asyncio.get_running_loop()
         services.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         warm = asyncio.create_task(_warm(services))
+        if services.sip is not None:
+            await services.sip.start()
         yield
         warm.cancel()
+        if services.sip is not None:
+            await services.sip.stop()
         await services.webrtc.close_all()
         with contextlib.suppress(asyncio.CancelledError):
             await warm
@@ -121,12 +127,13 @@ def create_app(services: ApiServices) -> FastAPI:
     async def metrics(key: ApiKey = Depends(require_key)) -> Response:
         return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
 
-    from appliance.api import kiosk_page, openai_audio, realtime, webrtc_routes
+    from appliance.api import kiosk_page, openai_audio, realtime, sip_routes, webrtc_routes
 
     app.include_router(openai_audio.router)
     app.include_router(realtime.router)
     app.include_router(webrtc_routes.router)
     app.include_router(kiosk_page.router)
+    app.include_router(sip_routes.router)
     app.add_middleware(BodyLimit, max_bytes=int(services.settings.max_upload_mb * 2**20))
     return app
 

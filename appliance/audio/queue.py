@@ -25,6 +25,10 @@ class PcmQueue:
         with self._lock:
             self._chunks.append(samples)
 
+    def empty(self) -> bool:
+        with self._lock:
+            return not self._chunks
+
     def flush(self) -> None:
         with self._lock:
             self._chunks.clear()

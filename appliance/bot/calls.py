@@ -16,7 +16,12 @@ import numpy as np
 
 from appliance.audio.queue import PcmQueue
 from appliance.bot.modes import EventRelay, SessionSpec, open_conversation
+from appliance.errors import ApplianceError
 from appliance.voice.stack import VoiceStack
+
+
+class NotReady(ApplianceError):
+    """The device cannot take calls yet (models loading): the transport answers "busy, retry later"."""
 
 
 @dataclass(frozen=True)

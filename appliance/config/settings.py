@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -122,16 +122,49 @@ class SipSettings(_Section):
     codecs: list[CallCodec] = Field(
         default_factory=lambda: list(CALL_CODECS), min_length=1, description="Codecs, preferred first."
     )
-    routes: dict[str, str] = Field(
-        default_factory=dict, description="Dialled user part -> flow name; unlisted numbers go to `default_flow`."
-    )
-    default_flow: str | None = Field(
-        "example", description="Flow for numbers not in `routes` (None: those calls get 404)."
-    )
-    flows_dir: Path | None = Field(
-        None, description="Directory of flow YAML files (name.yaml); default: the flows shipped with the code."
-    )
     accounts: list[SipAccount] = Field(default_factory=list, description="Registrations to keep up.")
+
+    @model_validator(mode="after")
+    def _ports(self) -> SipSettings:
+        if self.rtp_port_max - self.rtp_port_min < 1:
+            raise ValueError(f"rtp_port_min {self.rtp_port_min} must be below rtp_port_max {self.rtp_port_max}")
+        names = [a.name for a in self.accounts]
+        if len(set(names)) != len(names):
+            raise ValueError("account names must differ")
+        return self
+
+
+class BotSettings(_Section):
+    flow: Path | None = Field(
+        None, description="Call flow YAML for every call; default: the example flow shipped with the code."
+    )
+    routes: dict[str, Path] = Field(
+        default_factory=dict, description="Dialled number (user part) -> flow YAML, for numbers with their own flow."
+    )
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        description="Values that replace the flows' own variables, e.g. agent = \"sip:200@pbx.example.com\".",
+    )
+    records_dir: Path | None = Field(
+        None,
+        description="Call records (JSON and WAV, one directory per call); default /var/lib/appliance/calls as "
+        "root, else $XDG_DATA_HOME/appliance/calls.",
+    )
+    record_audio: bool = Field(
+        False, description="Record both sides of every call as a stereo WAV (tell callers in the greeting)."
+    )
+    retention_days: float | None = Field(
+        30, gt=0, description="Delete call records older than this many days; unset: keep them."
+    )
+    max_calls: int | None = Field(10_000, ge=1, description="Keep at most this many call records; unset: no limit.")
+    llm_model: str = Field("default", description="Model name sent to the upstream tier for llm steps.")
+    llm_timeout_s: float = Field(
+        3.0, gt=0, le=30, description="Longest a caller waits for an upstream answer before the flow's fallback."
+    )
+    llm_summary: bool = Field(
+        True, description="Summarise finished calls with the upstream LLM (redacted transcript) when it is set; "
+        "otherwise, or when it fails, an extractive summary."
+    )
 
 
 class LogSettings(_Section):
@@ -152,7 +185,8 @@ class Settings(BaseSettings):
     voice: VoiceSettings = Field(default_factory=VoiceSettings, description="Voice core.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings, description="Wyoming servers.")
-    sip: SipSettings = Field(default_factory=SipSettings, description="SIP telephony and the call bot.")
+    sip: SipSettings = Field(default_factory=SipSettings, description="SIP telephony.")
+    bot: BotSettings = Field(default_factory=BotSettings, description="The call-center bot answering calls.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from appliance.bot.calls import CallAppFactory, CallInfo
+from appliance.bot.calls import CallAppFactory, CallInfo, NotReady
 from appliance.errors import ApplianceError
 from appliance.sip.agent import ALLOW, SUPPORTED, UserAgent
 from appliance.sip.call import Call
@@ -96,7 +96,13 @@ class Phone:
             agent.respond(tx, 503, "Service Unavailable", Retry_After=str(self.options.retry_after_s))
             return
         info = CallInfo(request.call_id, str(request.from_.uri), request.uri.user or "")
-        factory = self.router(info)
+        try:
+            factory = self.router(info)
+        except NotReady as exc:
+            log.info("call %s turned away: %s", info.call_id, exc)
+            self.stats.rejected_busy += 1
+            agent.respond(tx, 503, "Service Unavailable", Retry_After=str(self.options.retry_after_s))
+            return
         if factory is None:
             self.stats.rejected_other += 1
             agent.respond(tx, 404, "Not Found")

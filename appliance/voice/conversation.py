@@ -87,6 +87,10 @@ class Conversation:
         """Queue text to speak after what is already queued (used by responders that speak early)."""
         await self._queue.put((utterance, text, None))
 
+    async def drained(self) -> None:
+        """Until every answer queued so far has been synthesised and handed to the output (or interrupted)."""
+        await self._queue.join()
+
     async def close(self, drain: bool = False) -> None:
         """End the stream: pending finals are still answered; with ``drain`` the answers are spoken to the
         end, otherwise speech in progress stops (a hung-up caller hears nothing anyway)."""

@@ -1,0 +1,55 @@
+"""Which flow answers a call: the [bot] settings turned into call apps, flows loaded (and checked) once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import platformdirs
+
+from appliance.bot.callbot import flow_app_factory
+from appliance.bot.calls import CallAppFactory, CallInfo, NotReady
+from appliance.bot.flow import EXAMPLE_FLOW, Flow, load_flow
+from appliance.bot.records import CallStore
+from appliance.bot.upstream import LlmClient, UpstreamOptions
+from appliance.config.settings import BotSettings, UpstreamSettings
+from appliance.voice.stack import VoiceStack
+
+
+def records_root(settings: BotSettings) -> Path:
+    if settings.records_dir is not None:
+        return settings.records_dir
+    root = Path("/var/lib/appliance") if os.geteuid() == 0 else Path(platformdirs.user_data_dir("appliance"))
+    return root / "calls"
+
+
+class FlowRouter:
+    """Routes a dialled number to its flow (``bot.routes``), else to ``bot.flow`` or the example flow. Raises
+    FlowError at construction for a bad flow file, so a broken configuration stops start-up with the reason."""
+
+    def __init__(self, settings: BotSettings, upstream: UpstreamSettings,
+                 stack: Callable[[], VoiceStack | None]) -> None:
+        self.settings, self.stack = settings, stack
+        self.default = load_flow(settings.flow or EXAMPLE_FLOW, settings.variables)
+        self.flows: dict[str, Flow] = {n: load_flow(p, settings.variables) for n, p in settings.routes.items()}
+        self.store = CallStore(records_root(settings), settings.retention_days, settings.max_calls)
+        self.llm: LlmClient | None = None
+        if upstream.base_url:
+            key = upstream.api_key.get_secret_value() if upstream.api_key else None
+            self.llm = LlmClient(UpstreamOptions(upstream.base_url, key, settings.llm_model, settings.llm_timeout_s))
+
+    def flow_for(self, called: str) -> Flow:
+        return self.flows.get(called, self.default)
+
+    def __call__(self, info: CallInfo) -> CallAppFactory | None:
+        stack = self.stack()
+        if stack is None:
+            raise NotReady("the voice models are still loading")
+        summarizer = self.llm if self.settings.llm_summary else None
+        return flow_app_factory(stack, self.flow_for(info.called), self.store, self.llm, summarizer,
+                                self.settings.record_audio)
+
+    async def aclose(self) -> None:
+        if self.llm is not None:
+            await self.llm.aclose()

@@ -1,0 +1,52 @@
+"""The SIP service as configured: the phone on its port and the registrations of every account."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from appliance.config.settings import SipSettings
+from appliance.sip.digest import DigestClient
+from appliance.sip.outbound import Registration
+from appliance.sip.phone import Phone, PhoneOptions, Router
+
+
+def phone_options(settings: SipSettings) -> PhoneOptions:
+    return PhoneOptions(host=settings.host, port=settings.port, advertise=settings.advertise,
+                        rtp_ports=(settings.rtp_port_min, settings.rtp_port_max), max_calls=settings.max_calls,
+                        retry_after_s=settings.retry_after_s, ring_s=settings.ring_s, codecs=tuple(settings.codecs))
+
+
+class SipService:
+    def __init__(self, settings: SipSettings, router: Router) -> None:
+        self.settings = settings
+        self.phone = Phone(phone_options(settings), router)
+        self.registrations = [
+            Registration(self.phone.agent, a.name, a.registrar, a.user, a.password.get_secret_value(), a.auth_user,
+                         a.transport, a.expires_s) for a in settings.accounts]
+
+    async def start(self) -> None:
+        await self.phone.start()
+        for registration in self.registrations:
+            registration.start()
+
+    async def stop(self) -> None:
+        for registration in self.registrations:
+            await registration.stop()
+        await self.phone.stop()
+
+    def digest_for(self, account: str) -> tuple[str, DigestClient]:
+        """The user and credentials of a configured account, for outbound calls."""
+        for a in self.settings.accounts:
+            if a.name == account:
+                return a.user, DigestClient(a.auth_user or a.user, a.password.get_secret_value())
+        raise KeyError(account)
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        accounts = [{"name": r.name, "aor": str(r.aor.uri), "registered": r.state.registered,
+                     "expires_in_s": round(r.state.expires_at - now) if r.state.expires_at else None,
+                     "last_status": r.state.last_status, "last_error": r.state.last_error}
+                    for r in self.registrations]
+        return {**self.phone.status(), "listen": f"{self.settings.host}:{self.phone.agent.port}",
+                "accounts": accounts}
