@@ -80,6 +80,7 @@ class FlowCallApp:
             if digit == "#":
                 self._voicemail_done.set()
             return
+        await self.conversation.interrupt()  # a key pressed during a prompt answers it: stop talking
         self._actions.put_nowait(lambda: self.engine.on_dtmf(digit))
 
     async def close(self) -> None:

@@ -87,6 +87,10 @@ class Conversation:
         """Queue text to speak after what is already queued (used by responders that speak early)."""
         await self._queue.put((utterance, text, None))
 
+    async def interrupt(self) -> None:
+        """Stop speaking now, as barge-in does (a key pressed during a prompt)."""
+        await self._interrupt(0.0)
+
     async def drained(self) -> None:
         """Until every answer queued so far has been synthesised and handed to the output (or interrupted)."""
         await self._queue.join()
