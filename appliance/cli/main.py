@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from appliance.cli import bench_cmd, config_cmd, doctor_cmd, kiosk_cmd, models_cmd, serve_cmd, voice_cmd
+from appliance.cli import bench_cmd, config_cmd, doctor_cmd, kiosk_cmd, models_cmd, serve_cmd, sip_cmd, voice_cmd
 from appliance.cli.state import CliState
 from appliance.errors import ApplianceError
 
@@ -24,6 +24,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(serve_cmd.keys_app, name="keys")
+app.add_typer(sip_cmd.app, name="sip")
 app.command("serve")(serve_cmd.serve)
 app.command("wyoming")(serve_cmd.wyoming)
 app.command("doctor")(doctor_cmd.doctor)
@@ -31,6 +32,7 @@ app.command("transcribe")(voice_cmd.transcribe)
 app.command("speak")(voice_cmd.speak)
 app.command("interpret")(voice_cmd.interpret)
 app.command("kiosk")(kiosk_cmd.kiosk)
+app.command("call")(sip_cmd.call)
 
 
 @app.callback()

@@ -31,7 +31,8 @@ def serve(
     host: str | None = typer.Option(None, help="Listen address (default: api.host)."),
     port: int | None = typer.Option(None, help="Port (default: api.port)."),
 ) -> None:
-    """Run the HTTP API (OpenAI-compatible audio, metrics, health) until interrupted."""
+    """Run the HTTP API (OpenAI-compatible audio, WebRTC, kiosk, metrics, health) and, when sip.enabled, the
+    phone, until interrupted."""
     import uvicorn
 
     from appliance.api.app import ApiServices, create_app
@@ -45,6 +46,14 @@ def serve(
         console.print(f"[bold]first API key[/] (shown once, stored hashed in {keys.path}):\n{token}")
     services = ApiServices(settings.api, keys, device.voice_stack,
                            lambda: [m.id for m in device.catalog.models if device.store.is_active(m.id)])
+    if settings.sip.enabled:
+        from appliance.bot.routing import FlowRouter
+        from appliance.sip.service import SipService
+
+        router = FlowRouter(settings.bot, settings.upstream, lambda: services.stack)
+        services.sip = SipService(settings.sip, router)
+        console.print(f"SIP on {settings.sip.host}:{settings.sip.port} (UDP and TCP), flow "
+                      f"[bold]{router.default.name}[/]; calls wait for the models to load (503 until then)")
     uvicorn.run(create_app(services), host=host or settings.api.host, port=port if port is not None else
                 settings.api.port, log_level=settings.log.level)
 

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from appliance.config.settings import SipSettings
+from appliance.errors import ApplianceError
 from appliance.sip.digest import DigestClient
 from appliance.sip.outbound import Registration
 from appliance.sip.phone import Phone, PhoneOptions, Router
@@ -15,6 +16,15 @@ def phone_options(settings: SipSettings) -> PhoneOptions:
     return PhoneOptions(host=settings.host, port=settings.port, advertise=settings.advertise,
                         rtp_ports=(settings.rtp_port_min, settings.rtp_port_max), max_calls=settings.max_calls,
                         retry_after_s=settings.retry_after_s, ring_s=settings.ring_s, codecs=tuple(settings.codecs))
+
+
+def account_credentials(settings: SipSettings, name: str) -> tuple[str, DigestClient]:
+    """The user and digest credentials of a configured account, for outbound calls."""
+    for a in settings.accounts:
+        if a.name == name:
+            return a.user, DigestClient(a.auth_user or a.user, a.password.get_secret_value())
+    raise ApplianceError(f"no SIP account named {name!r} in the configuration "
+                         f"(have: {', '.join(a.name for a in settings.accounts) or 'none'})")
 
 
 class SipService:
@@ -34,13 +44,6 @@ class SipService:
         for registration in self.registrations:
             await registration.stop()
         await self.phone.stop()
-
-    def digest_for(self, account: str) -> tuple[str, DigestClient]:
-        """The user and credentials of a configured account, for outbound calls."""
-        for a in self.settings.accounts:
-            if a.name == account:
-                return a.user, DigestClient(a.auth_user or a.user, a.password.get_secret_value())
-        raise KeyError(account)
 
     def status(self) -> dict[str, Any]:
         now = time.time()
