@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 run: setup
 	-$(BIN)/appliance doctor
-	@echo "Starting the HTTP API (the supervisor that will run every service is not built yet; see README.md)."
+	@echo "Starting the HTTP API (port 8080) and SIP (port 5060); the supervisor that runs every service is not built yet (README.md)."
 	$(BIN)/appliance serve
 
 test: setup check

@@ -276,6 +276,48 @@ def test_packets_on_the_wire_with_a_raw_peer() -> None:
     asyncio.run(scenario())
 
 
+def test_talkspurt_starts_are_reported_with_their_send_time() -> None:
+    """``on_talkspurt`` gets the loop time of each packet that starts speech (marker bit set), not the first
+    packet's (silent, marked too), and again when speech resumes after silence."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.bind(("127.0.0.1", 0))
+        raw.setblocking(False)
+        b = await peer()
+        spurts: list[float] = []
+        b.session.on_talkspurt = spurts.append
+        tone = (8000 * np.sin(np.arange(RATE // 10) * 2 * np.pi * 440 / RATE)).astype(np.int16)  # 100 ms
+
+        async def receive() -> RtpPacket:
+            while True:
+                data, addr = await asyncio.wait_for(loop.sock_recvfrom(raw, 2048), 2)
+                if addr[1] == b.session.local_port:
+                    return RtpPacket.parse(data)
+
+        try:
+            b.session.start(negotiated("PCMU", raw.getsockname()[1]))
+            assert (await receive()).marker and not spurts  # the stream's first packet: marked, but silent
+            for n in (1, 2):
+                pushed = loop.time()
+                b.session.speaker.push(tone)
+                while (packet := await receive()).payload == b"\xff" * 160:
+                    pass
+                assert packet.marker and len(spurts) == n and pushed <= spurts[-1] <= loop.time()
+                silent = 0
+                while silent < 3:  # the tone ends: the next push is a new talkspurt
+                    packet = await receive()
+                    silent = silent + 1 if packet.payload == b"\xff" * 160 else 0
+                    assert not packet.marker
+            assert len(spurts) == 2
+        finally:
+            raw.close()
+            await b.session.stop()
+
+    asyncio.run(scenario())
+
+
 def test_hold_and_resume() -> None:
     async def scenario() -> None:
         a, b = await call("PCMU")

@@ -140,6 +140,7 @@ class UserAgent:
         if invite is None:
             self.respond(tx, 481, "Call/Transaction Does Not Exist")
             return
+        tx.to_tag = invite.to_tag = invite.to_tag or new_tag()  # the same To tag as the INVITE's answers (§9.2)
         self.respond(tx, 200, "OK")
         if not invite.final_sent:
             if invite.on_cancel is not None:
@@ -148,7 +149,8 @@ class UserAgent:
 
     def _on_ack(self, ack: Request, key: ServerKey) -> None:
         invite = self._servers.get(key)
-        if invite is not None:  # the ACK of a non-2xx final: part of the INVITE transaction
+        # the ACK of a non-2xx final is part of the INVITE transaction; that of a 2xx goes on (RFC 6026 §7.1)
+        if invite is not None and invite.state != "accepted":
             invite.on_ack()
             return
         waiting = self._awaiting_ack.pop((ack.call_id, ack.cseq[0]), None)

@@ -7,7 +7,9 @@ peer) without rebinding; ``await session.stop()`` sends RTCP BYE and ends every 
 
 Audio is 16 kHz mono both ways, whatever the codec: push speech (float or int16) into ``session.speaker``;
 ``on_audio`` gets one ptime frame of 16 kHz int16 every ptime, from the first audio packet received on (losses
-concealed). Callbacks are plain functions called on the event loop: they must not block.
+concealed). ``session.on_talkspurt``, if set, gets the loop time at which each talkspurt went out (a packet with
+the marker bit that carries speech: the first sound of an answer). Callbacks are plain functions called on the
+event loop: they must not block.
 
 Symmetric RTP (RFC 4961): the first valid RTP packet latches the peer's address; from then on RTP goes there,
 not to the SDP's address, and other sources are ignored, except a new SSRC from the latched address (the peer
@@ -209,6 +211,7 @@ class RtpSession:
         rtp_end.receive, rtcp_end.receive = self._on_rtp, self._on_rtcp
         self.on_audio, self.on_dtmf, self.options = on_audio, on_dtmf, options
         self.speaker = PcmQueue()  # 16 kHz mono speech to send
+        self.on_talkspurt: Callable[[float], None] | None = None  # see the module docstring
         self._ssrc, self._seq, self._timestamp = secrets.randbits(32), secrets.randbits(16), secrets.randbits(32)
         self._negotiated: Negotiated | None = None
         self._encoder: Codec | None = None
@@ -344,6 +347,8 @@ class RtpSession:
             speech = bool(pcm.any())
             marker, self._marker, self._silent = self._marker or (speech and self._silent), False, not speech
             packet = RtpPacket(negotiated.payload_type, self._seq, timestamp, self._ssrc, encoder.encode(pcm), marker)
+            if marker and speech and self.on_talkspurt is not None:
+                _call(self.on_talkspurt, now)
         self._rtp.send(packet.encode(), remote)
         self._seq = (self._seq + 1) & 0xFFFF
         self._stats.packets_sent += 1

@@ -78,7 +78,8 @@ class _Transaction:
 
 
 class ServerTransaction(_Transaction):
-    """INVITE server (§17.2.1: Timers G, H, I) and non-INVITE server (§17.2.2: Timer J) transactions."""
+    """INVITE server (§17.2.1: Timers G, H, I; RFC 6026: the Accepted state and Timer L) and non-INVITE server
+    (§17.2.2: Timer J) transactions."""
 
     def __init__(self, request: Request, send: Send, reliable: bool, timers: Timers,
                  on_terminated: Callable[[_Transaction], None]) -> None:
@@ -97,14 +98,17 @@ class ServerTransaction(_Transaction):
         return self.last is not None and self.last.status >= 200
 
     def respond(self, response: Response) -> None:
-        if self.state in ("completed", "confirmed", "terminated"):
+        if self.state in ("accepted", "completed", "confirmed", "terminated"):
             return  # the transaction already answered finally; a late answer is dropped
         self.last = response
         self._send(response)
         if response.status < 200:
             self.state = "proceeding"
         elif self.invite and response.status < 300:
-            self.terminate()  # §17.2.1: the TU retransmits a 2xx itself (§13.3.1.4)
+            # RFC 6026 §7.1 (updating §17.2.1): the TU retransmits the 2xx itself (§13.3.1.4); meanwhile the
+            # transaction absorbs retransmitted INVITEs (no second call) and matches a late CANCEL, for Timer L
+            self.state = "accepted"
+            self._start("L", self.timers.timeout, self.terminate)
         elif self.invite:
             self.state = "completed"
             if not self.reliable:
