@@ -1,6 +1,6 @@
 """The appliance's phone with real softphones and a real registrar on loopback: baresip calls in and hears the
-bot (its recording is transcribed back), the appliance registers at Kamailio with digest (MD5 and SHA-256)
-and calls baresip through it, answering Kamailio's proxy challenge."""
+example flow's greeting (its recording is transcribed back), the appliance registers at Kamailio with digest
+(MD5 and SHA-256) and calls baresip through it, answering Kamailio's proxy challenge."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import soundfile as sf
 from appliance.audio import read_audio
 from appliance.audio.resample import resample
 from appliance.bench.text import normalise
-from appliance.bot.calls import announcement_factory, mode_app_factory
-from appliance.bot.modes import SessionSpec
+from appliance.bot.calls import announcement_factory
+from appliance.bot.routing import FlowRouter
+from appliance.config.settings import BotSettings, UpstreamSettings
 from appliance.sip.digest import DigestClient
 from appliance.sip.outbound import Registration
 from appliance.sip.phone import Phone, PhoneOptions
@@ -40,13 +41,17 @@ def phone_options() -> PhoneOptions:
 
 
 @needs_peers
-def test_baresip_calls_in_and_hears_the_echo_bot(stack: VoiceStack, tmp_path: Path) -> None:
+def test_baresip_calls_in_and_hears_the_bot(stack: VoiceStack, tmp_path: Path) -> None:
+    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), UpstreamSettings(), lambda: stack)
+
     async def run() -> Path:
-        phone = Phone(phone_options(), lambda info: mode_app_factory(stack, SessionSpec(mode="echo")))
+        phone = Phone(phone_options(), router)
         await phone.start()
         try:
-            with Baresip(tmp_path / "baresip", PROMPT, Account(codecs=("G722",)), pad=7.0) as softphone:
-                softphone.dial(f"sip:bot@127.0.0.1:{phone.agent.port}")
+            silence = tmp_path / "silence.wav"  # a quiet caller: the greeting is not interrupted
+            sf.write(silence, np.zeros(16000 * 14, np.int16), 16000)
+            with Baresip(tmp_path / "baresip", silence, Account(codecs=("G722",))) as softphone:
+                softphone.dial(f"sip:reception@127.0.0.1:{phone.agent.port}")
                 await asyncio.to_thread(softphone.wait_event, "CALL_ESTABLISHED", 10)
                 closed = await asyncio.to_thread(softphone.wait_event, "CALL_CLOSED", 30)
                 assert "end of file" in closed.get("param", "")  # baresip hung up: its source ended
@@ -61,8 +66,10 @@ def test_baresip_calls_in_and_hears_the_echo_bot(stack: VoiceStack, tmp_path: Pa
             await phone.stop()
 
     recording = asyncio.run(run())
-    text = heard(stack, recording)
-    assert "agent" in text and "logged on" in text, text  # the echo of the prompt, G.722 both ways
+    text = heard(stack, recording)  # the example flow's greeting, through G.722 both ways
+    assert "thank you for calling example company" in text and "opening hours" in text, text
+    [record] = list(router.store.records())
+    assert record.turns[0].who == "bot" and record.outcome in ("abandoned", "voicemail")  # open or closed now
 
 
 @needs_peers
