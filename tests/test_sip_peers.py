@@ -70,7 +70,7 @@ def test_baresip_calls_in_and_hears_the_bot(stack: VoiceStack, tmp_path: Path) -
     assert "thank you for calling example company" in text and "opening hours" in text, text
     [record] = list(router.store.records())
     greeting = next(t for t in record.turns if t.who == "bot")
-    assert "Thank you for calling" in greeting.text and record.outcome in ("abandoned", "voicemail")  # open or not
+    assert "thank you for calling" in greeting.text and record.outcome in ("abandoned", "voicemail")  # open or not
 
 
 @needs_peers
