@@ -20,47 +20,7 @@ from appliance.voice.stack import VoiceStack
 from tests.peers import free_port
 from tests.test_api import Server
 from tests.test_cli import appliance
-
-UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="answer and wait for BYE">
-  <recv request="INVITE"/>
-  <send><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:101 telephone-event/8000
-
-    ]]></send>
-  <recv request="ACK"/>
-  <recv request="BYE" timeout="60000"/>
-  <send><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]></send>
-</scenario>
-"""
+from tests.test_peers import UAS
 
 
 @pytest.fixture
