@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -93,6 +94,9 @@ class WyomingSettings(_Section):
     )
 
 
+# loopback, RFC 1918, link-local, unique-local and carrier-grade NAT: the networks of a LAN
+PRIVATE_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                    "fe80::/10", "fc00::/7", "100.64.0.0/10")
 CallCodec = Literal["G722", "PCMU", "PCMA"]
 CALL_CODECS: tuple[CallCodec, ...] = ("G722", "PCMU", "PCMA")
 
@@ -123,11 +127,24 @@ class SipSettings(_Section):
         default_factory=lambda: list(CALL_CODECS), min_length=1, description="Codecs, preferred first."
     )
     accounts: list[SipAccount] = Field(default_factory=list, description="Registrations to keep up.")
+    allow: list[str] = Field(
+        default_factory=lambda: list(PRIVATE_NETWORKS),
+        description="Networks whose calls are answered (others get 403); empty: any address.",
+    )
+    users: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Callers must authenticate as one of these users (digest SHA-256/MD5) "
+        "when set; empty: no caller authentication (rely on `allow`, a proxy or a firewall).",
+    )
 
     @model_validator(mode="after")
     def _ports(self) -> SipSettings:
         if self.rtp_port_max - self.rtp_port_min < 1:
             raise ValueError(f"rtp_port_min {self.rtp_port_min} must be below rtp_port_max {self.rtp_port_max}")
+        for network in self.allow:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"sip.allow: {network!r} is not an address or network") from None
         names = [a.name for a in self.accounts]
         if len(set(names)) != len(names):
             raise ValueError("account names must differ")

@@ -19,6 +19,7 @@ from appliance.sip.agent import ALLOW, SUPPORTED, UserAgent
 from appliance.sip.call import Call
 from appliance.sip.dialog import Dialog, new_tag
 from appliance.sip.digest import DigestClient
+from appliance.sip.guard import PRIVATE, CallerGuard
 from appliance.sip.media import RATE, PortRange, RtpSession
 from appliance.sip.message import Request
 from appliance.sip.outbound import new_request, send_authenticated
@@ -49,6 +50,8 @@ class PhoneOptions:
     ring_s: float = 0.0  # how long to ring before answering (a CANCEL may come meanwhile)
     codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA")
     timers: Timers = field(default_factory=Timers)
+    allow: tuple[str, ...] = PRIVATE  # networks that may call; empty: any
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # digest users who may call; empty: anyone
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Phone:
         self.router = router
         self.agent = UserAgent(options.host, options.port, options.timers, advertise=options.advertise)
         self.agent.handlers["INVITE"] = self._invite
+        self.guard = CallerGuard(list(options.allow), dict(options.users))
         self.calls: dict[str, Call] = {}
         self.stats = PhoneStats()
         self._pending = 0  # INVITEs being set up: they count against capacity too
@@ -91,6 +95,14 @@ class Phone:
 
     async def _invite(self, request: Request, tx: ServerTransaction, source: Source) -> None:
         agent = self.agent
+        verdict = self.guard.check(request, source.addr[0])
+        if verdict.status:
+            self.stats.rejected_other += 1
+            if verdict.challenge is not None:
+                agent.respond(tx, 401, verdict.reason, WWW_Authenticate=str(verdict.challenge))
+            else:
+                agent.respond(tx, verdict.status, verdict.reason)
+            return
         if len(self.calls) + self._pending >= self.options.max_calls:
             self.stats.rejected_busy += 1
             agent.respond(tx, 503, "Service Unavailable", Retry_After=str(self.options.retry_after_s))
@@ -146,7 +158,7 @@ class Phone:
             return
         ringing = agent.respond(tx, 180, "Ringing")
         dialog = Dialog.as_uas(request, ringing.to.tag or new_tag(), source.transport)
-        call = Call(agent, dialog, media, negotiated, info, local, self._ended)
+        call = Call(agent, dialog, media, negotiated, info, local, self._ended, session, self.options.codecs)
         cancelled = asyncio.Event()
         tx.on_cancel = cancelled.set
         if self.options.ring_s > 0:
@@ -211,7 +223,7 @@ class Phone:
                 raise CallFailed(f"{response.status} {response.reason}".strip())
             dialog = Dialog.as_uac(request, response, transport)
             info = CallInfo(request.call_id, str(sender.uri), uri.user or str(uri))
-            call = Call(agent, dialog, media, None, info, local, self._ended)
+            call = Call(agent, dialog, media, None, info, local, self._ended, ours, self.options.codecs)
             try:
                 call.negotiated = accept(ours, parse_sdp(response.body))
             except SdpError as exc:

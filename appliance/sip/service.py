@@ -15,7 +15,9 @@ from appliance.sip.phone import Phone, PhoneOptions, Router
 def phone_options(settings: SipSettings) -> PhoneOptions:
     return PhoneOptions(host=settings.host, port=settings.port, advertise=settings.advertise,
                         rtp_ports=(settings.rtp_port_min, settings.rtp_port_max), max_calls=settings.max_calls,
-                        retry_after_s=settings.retry_after_s, ring_s=settings.ring_s, codecs=tuple(settings.codecs))
+                        retry_after_s=settings.retry_after_s, ring_s=settings.ring_s, codecs=tuple(settings.codecs),
+                        allow=tuple(settings.allow),
+                        users=tuple((u, p.get_secret_value()) for u, p in settings.users.items()))
 
 
 def account_credentials(settings: SipSettings, name: str) -> tuple[str, DigestClient]:
