@@ -91,6 +91,6 @@ def test_sipp_call_speaks_to_the_echo_bot(stack: VoiceStack, tmp_path: Path) -> 
     assert log["answered"] and log["digits"] == ["1"]
     events = log["events"]
     finals = " ".join(e["source"] for e in events if e["type"] == "caption" and e["final"])
-    assert "agent number" in normalise(finals), events
+    assert "agent" in normalise(finals) and "logged on" in normalise(finals), events
     states = [e["state"] for e in events if e["type"] == "state"]
     assert "speaking" in states and "listening" in states[states.index("speaking"):], states  # played out

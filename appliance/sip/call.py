@@ -22,7 +22,7 @@ from appliance.sip.agent import UserAgent
 from appliance.sip.dialog import Dialog
 from appliance.sip.media import RtpSession
 from appliance.sip.message import Request, Response
-from appliance.sip.sdp import Negotiated, SdpError, answer, parse_sdp, render
+from appliance.sip.sdp import Negotiated, SdpError, Session, accept, answer, offer, parse_sdp, render
 from appliance.sip.transaction import ServerTransaction
 from appliance.sip.uri import Address, SipUri
 
@@ -32,12 +32,14 @@ TRANSFER_TIMEOUT_S = 30.0
 
 class Call:
     def __init__(self, agent: UserAgent, dialog: Dialog, media: RtpSession, negotiated: Negotiated | None,
-                 info: CallInfo,
-                 local_address: str, on_end: Callable[[Call], None]) -> None:
+                 info: CallInfo, local_address: str, on_end: Callable[[Call], None], sdp: Session | None = None,
+                 codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA")) -> None:
         self.agent, self.dialog, self.media, self.info = agent, dialog, media, info
         self.negotiated = negotiated
         self.local_address = local_address
         self.on_end = on_end
+        self.sdp = sdp  # the last SDP we sent (offer or answer): later ones keep its o= line (RFC 3264 §8)
+        self.codecs = codecs  # the ones we take, in order of preference
         self.app: CallApp | None = None
         self.started = time.monotonic()
         self.answered_at: float | None = None
@@ -45,7 +47,7 @@ class Call:
         self._notify: asyncio.Queue[int] = asyncio.Queue()
         self._audio: asyncio.Queue[np.ndarray] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sdp_version = 1
+        self._offered: tuple[int, Session] | None = None  # our offer in the 2xx to an offerless re-INVITE
 
     # ---- the application's side (CallControl)
 
@@ -104,27 +106,44 @@ class Call:
             self.agent.respond(tx, 405 if method == "REFER" else 501, "Not Allowed in this call")
 
     def on_ack(self, request: Request) -> None:
+        if self._offered is not None and self._offered[0] == request.cseq[0]:
+            _, ours = self._offered
+            self._offered = None
+            try:  # §13.2.2.4: the ACK of a 2xx with an offer carries the answer
+                self._apply(accept(ours, parse_sdp(request.body)))
+            except SdpError as exc:
+                log.warning("call %s: no usable SDP answer in the ACK, media unchanged: %s", self.info.call_id, exc)
         if self.answered_at is None:
             self.answered_at = time.monotonic()
             if self.app is not None:
                 self._spawn(self.app.answered())
 
     async def _reinvite(self, request: Request, tx: ServerTransaction) -> None:
-        if not request.body:
-            self.agent.respond(tx, 488, "Not Acceptable Here", Warning='399 appliance "re-INVITE without SDP"')
-            return
-        try:
-            session, negotiated = answer(parse_sdp(request.body), self.local_address, self.media.local_port)
-        except SdpError as exc:  # the call goes on as it was (§14.2)
-            self.agent.respond(tx, 488, "Not Acceptable Here", Warning=f'305 appliance "{exc}"')
-            return
+        if not request.body:  # §14.2: the offer goes in our 2xx (sendrecv, as for a new call: RFC 6337 §5.3)
+            session = offer(self.local_address, self.media.local_port, self.codecs)
+            self._offered = (request.cseq[0], session)
+        else:
+            try:
+                session, negotiated = answer(parse_sdp(request.body), self.local_address, self.media.local_port,
+                                             self.codecs)
+            except SdpError as exc:  # the call goes on as it was (§14.2)
+                self.agent.respond(tx, 488, "Not Acceptable Here", Warning=f'305 appliance "{exc}"')
+                return
+            self._apply(negotiated)
+        contact = self.agent.contact(self.dialog.remote_target.host, transport=self.dialog.transport)
+        response = self.agent.response(tx, 200, "OK", self._describe(session), Contact=contact)
+        self.agent.respond_2xx(tx, response)
+
+    def _apply(self, negotiated: Negotiated) -> None:
         self.media.update(negotiated)
         self.negotiated = negotiated
-        self._sdp_version += 1
-        session.version = self._sdp_version
-        contact = self.agent.contact(self.dialog.remote_target.host, transport=self.dialog.transport)
-        response = self.agent.response(tx, 200, "OK", render(session), Contact=contact)
-        self.agent.respond_2xx(tx, response)
+
+    def _describe(self, session: Session) -> bytes:
+        """``session`` as our next SDP: the o= line of the last one, its version one higher (RFC 3264 §8)."""
+        if self.sdp is not None:
+            session.session_id, session.version = self.sdp.session_id, self.sdp.version + 1
+        self.sdp = session
+        return render(session)
 
     async def _info(self, request: Request, tx: ServerTransaction) -> None:
         kind = (request.get("Content-Type") or "").lower()
