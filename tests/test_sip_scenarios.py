@@ -367,3 +367,20 @@ def test_speech_call_over_tcp(tmp_path: Path) -> None:
     asyncio.run(run())
     [call] = heard
     assert call.answered and call.digits == ["1"] and call.frames > 75 and call.closed
+
+
+def test_invite_without_offer_gets_ours_and_the_ack_brings_the_answer(tmp_path: Path) -> None:
+    heard: list[Heard] = []
+
+    async def run() -> None:
+        async with running(recording_router(heard), codecs=("PCMU",)) as phone:
+            result = await sipp(tmp_path, SCENARIOS / "uac_late_offer.xml", phone.agent.port)
+            assert result.ok(), result.stderr
+            await until(lambda: not phone.calls, 2, "the call to end")
+            [ok] = result.responses("INVITE", 200)
+            offer = parse_sdp(ok.body)
+            audio = offer.audio()
+            assert audio is not None and "101" in audio.formats and audio.direction == "sendrecv"
+    asyncio.run(run())
+    [call] = heard
+    assert call.answered and call.digits == ["7"] and call.closed  # media started with the ACK's answer

@@ -112,7 +112,10 @@ class Call:
             try:  # §13.2.2.4: the ACK of a 2xx with an offer carries the answer
                 self._apply(accept(ours, parse_sdp(request.body)))
             except SdpError as exc:
-                log.warning("call %s: no usable SDP answer in the ACK, media unchanged: %s", self.info.call_id, exc)
+                log.warning("call %s: no usable SDP answer in the ACK: %s", self.info.call_id, exc)
+                if self.negotiated is None:  # a new call with no media agreed cannot go on
+                    self._spawn(self.hangup(f"no SDP answer in the ACK: {exc}"))
+                    return
         if self.answered_at is None:
             self.answered_at = time.monotonic()
             if self.app is not None:
@@ -134,8 +137,15 @@ class Call:
         response = self.agent.response(tx, 200, "OK", self._describe(session), Contact=contact)
         self.agent.respond_2xx(tx, response)
 
+    def expect_answer(self, cseq: int, ours: Session) -> None:
+        """Our offer went in the 2xx to the INVITE numbered ``cseq``: its ACK carries the answer."""
+        self._offered = (cseq, ours)
+
     def _apply(self, negotiated: Negotiated) -> None:
-        self.media.update(negotiated)
+        if self.negotiated is None:
+            self.media.start(negotiated)  # a call answered with our offer: media starts with the ACK's answer
+        else:
+            self.media.update(negotiated)
         self.negotiated = negotiated
 
     def _describe(self, session: Session) -> bytes:

@@ -119,10 +119,6 @@ class Phone:
             self.stats.rejected_other += 1
             agent.respond(tx, 404, "Not Found")
             return
-        if not request.body:
-            self.stats.rejected_other += 1
-            agent.respond(tx, 488, "Not Acceptable Here", Warning='399 appliance "an SDP offer is required"')
-            return
         local = agent.host_for(source.addr[0])
         self._pending += 1
         try:
@@ -134,8 +130,9 @@ class Phone:
                       factory: CallAppFactory, local: str) -> None:
         agent = self.agent
         holder: list[Call] = []
+        late = not request.body  # no offer: ours goes in the 200, the answer comes in the ACK (§13.2.1)
         try:
-            offer = parse_sdp(request.body)
+            offered = None if late else parse_sdp(request.body)
             media = await RtpSession.open(local if self.options.advertise is None else self.options.host,
                                           PortRange(*self.options.rtp_ports),
                                           lambda samples: holder[0].audio(samples) if holder else None,
@@ -150,7 +147,10 @@ class Phone:
             agent.respond(tx, 503, "Service Unavailable", Retry_After=str(self.options.retry_after_s))
             return
         try:
-            session, negotiated = answer(offer, local, media.local_port, self.options.codecs)
+            if offered is None:
+                session, negotiated = sdp_offer(local, media.local_port, self.options.codecs), None
+            else:
+                session, negotiated = answer(offered, local, media.local_port, self.options.codecs)
         except SdpError as exc:
             await media.stop()
             self.stats.rejected_other += 1
@@ -159,6 +159,8 @@ class Phone:
         ringing = agent.respond(tx, 180, "Ringing")
         dialog = Dialog.as_uas(request, ringing.to.tag or new_tag(), source.transport)
         call = Call(agent, dialog, media, negotiated, info, local, self._ended, session, self.options.codecs)
+        if negotiated is None:
+            call.expect_answer(request.cseq[0], session)
         cancelled = asyncio.Event()
         tx.on_cancel = cancelled.set
         if self.options.ring_s > 0:
@@ -184,7 +186,8 @@ class Phone:
         self.calls[info.call_id] = call
         self.stats.answered += 1
         call.run(app)
-        media.start(negotiated)
+        if negotiated is not None:
+            media.start(negotiated)
         contact = agent.contact(source.addr[0], transport=source.transport)
         ok = agent.response(tx, 200, "OK", render(session), Contact=contact, Allow=ALLOW, Supported=SUPPORTED)
         if not await agent.respond_2xx(tx, ok):  # no ACK within 64·T1: the call cannot go on (§13.3.1.4)
