@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from appliance.audio import read_audio
 from appliance.bench.pcap import write_rtp_pcap
@@ -70,7 +71,8 @@ def scenario(tmp: Path, name: str, steps: str) -> Path:
 
 def run_calls(stack: VoiceStack, tmp: Path, script: Path, options: PhoneOptions | None = None,
               during: Any = None) -> tuple[Phone, CallStore]:
-    settings = BotSettings(flow=always_open(tmp), records_dir=tmp / "calls", variables={"agent": "sip:200@127.0.0.1"})
+    settings = BotSettings(flow=always_open(tmp), records_dir=tmp / "calls", variables={"agent": "sip:200@127.0.0.1"},
+                           record_audio=True)
     router = FlowRouter(settings, UpstreamSettings(), lambda: stack)
 
     async def run() -> Phone:
@@ -102,6 +104,9 @@ def test_menu_by_keys_then_the_bot_says_goodbye_and_hangs_up(stack: VoiceStack, 
     assert record.steps[-1] == "goodbye" and [t.text for t in record.turns if t.kind == "dtmf"] == ["1", "2"]
     said = " ".join(t.text for t in record.turns if t.who == "bot")
     assert "open every day" in said and "Goodbye" in said and record.summary
+    audio, rate = sf.read(store.call_dir(record.call_id) / str(record.recording))
+    assert rate == 16000 and audio.shape[1] == 2 and len(audio) / rate > 8  # caller left, bot right
+    assert np.abs(audio[:, 1]).max() > 0.1 and np.abs(audio[:, 0]).max() < 0.01  # the caller only pressed keys
 
 
 def test_asking_for_a_person_transfers_with_refer(stack: VoiceStack, tmp_path: Path) -> None:

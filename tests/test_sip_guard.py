@@ -12,6 +12,7 @@ from appliance.bot.calls import CallApp, CallControl
 from appliance.sip.digest import DigestClient, parse_challenges
 from appliance.sip.guard import CallerGuard
 from appliance.sip.message import Request
+from appliance.sip.outbound import refresh_after
 from appliance.sip.phone import CallFailed, Phone, PhoneOptions
 from appliance.sip.uri import SipUri
 
@@ -98,3 +99,8 @@ def test_one_appliance_calls_another_that_wants_credentials() -> None:
             await callee.stop()
 
     asyncio.run(run())
+
+
+def test_registrations_refresh_well_before_they_expire() -> None:
+    assert refresh_after(3600) == 2880 and refresh_after(120) == 90 and refresh_after(60) == 30
+    assert refresh_after(20) == 16 and refresh_after(0.5) == 1.0

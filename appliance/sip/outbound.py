@@ -147,14 +147,20 @@ class Registration:
                     self.expires_s = int(minimum)
                     continue
             if self.state.registered and self.state.expires_at is not None:
-                left = self.state.expires_at - time.time()
                 backoff = 5.0
-                await asyncio.sleep(max(1.0, min(0.8 * left, left - 30)))
+                await asyncio.sleep(refresh_after(self.state.expires_at - time.time()))
             else:
                 log.warning("registration %s failed: %s; again in %.0f s", self.name, self.state.last_error,
                             backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(300.0, backoff * 2)
+
+
+def refresh_after(left_s: float) -> float:
+    """Seconds to wait before refreshing a binding with ``left_s`` to live: at 80 % of it, and at least 30 s
+    before it ends when it is long enough for that (never less than a second)."""
+    early = min(0.8 * left_s, left_s - 30) if left_s >= 60 else 0.8 * left_s
+    return max(1.0, early)
 
 
 def _granted(response: Response, our_contact: str, asked: int) -> int:
