@@ -15,8 +15,8 @@ PYTEST_ARGS ?=
 
 run: setup
 	-$(BIN)/appliance doctor
-	@echo "Starting the HTTP API (port 8080) and SIP (port 5060); the supervisor that runs every service is not built yet (README.md)."
-	$(BIN)/appliance serve
+	@echo "Starting the appliance under its supervisor: HTTP API and kiosk (port 8080), SIP (port 5060)."
+	$(BIN)/appliance run
 
 test: setup check
 	$(BIN)/pytest $(PYTEST_ARGS)

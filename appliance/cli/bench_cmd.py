@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,63 @@ def api(
     if "webrtc_vs_direct_p50" in results:
         Console().print(f"WebRTC adds {results['webrtc_overhead_p50_ms']} ms at p50 "
                         f"({results['webrtc_vs_direct_p50']}× / {results['webrtc_vs_direct_p95']}× p50 / p95)")
+    Console().print(f"JSON: {out}")
+
+
+@app.command("sip")
+def sip(
+    ctx: typer.Context,
+    levels: str = typer.Option("1,2,4,8", help="Concurrent callers per level, comma-separated; the first is the "
+                               "baseline."),
+    max_calls: int = typer.Option(8, min=1, help="The phone's capacity: callers beyond it must get 503."),
+    beyond: int = typer.Option(2, min=0, help="A last level this many callers past --max-calls (0: none)."),
+    turns: int = typer.Option(2, min=1, max=6, help="Prompts spoken per call."),
+    out: Path = typer.Option(Path("bench-results/sip.json"), "--json", help="Where to write the JSON."),
+) -> None:
+    """Concurrent SIPp calls speaking Asterisk prompts to the echo bot: turn latency per level vs one call,
+    503 + Retry-After beyond capacity, CPU and event-loop lag."""
+    from appliance.bench.sip import GOAL_P95_MS, SipBenchOptions, find_sipp, planned_calls, run
+
+    find_sipp()  # before loading any model
+    try:
+        counts = tuple(int(n) for n in levels.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"not a comma-separated list of numbers: {levels!r}", param_hint="--levels") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("levels are numbers of callers, at least 1", param_hint="--levels")
+    options = SipBenchOptions(levels=counts, max_calls=max_calls, beyond=beyond, turns=turns)
+    state: CliState = ctx.obj
+    stack = state.device.voice_stack()
+    logging.getLogger("appliance.sip").setLevel(max(logging.WARNING, logging.root.level))  # lines per call
+    results = _with_progress("SIPp calls", planned_calls(options), lambda step: run(stack, options, step).to_json())
+    _write(out, results)
+    table = Table(title=f"SIPp calls into the phone (echo bot, capacity {max_calls}): last voiced frame in → "
+                        "first answer packet out")
+    for col in ("callers", "answered", "503", "failed", "turns", "p50 ms", "p95 ms", "max ms", "× 1 call p50 / p95",
+                "WER", "CPU cores", "loop lag p95 ms"):
+        table.add_column(col)
+    for r in results["levels"]:
+        lat, wer = r["latency"], f"{100 * r['wer']:.1f} %" if r["wer"] is not None else "-"
+        table.add_row(str(r["concurrency"]), str(r["answered"]), str(r["turned_away"]), str(r["failed"]),
+                      f"{r['turns_measured']}/{r['turns_expected']}", str(lat.get("p50_ms", "-")),
+                      str(lat.get("p95_ms", "-")), str(lat.get("max_ms", "-")),
+                      f"{r['p50_vs_1_call']}× / {r['p95_vs_1_call']}×", wer, str(r["cpu_cores"]),
+                      str(r["loop_lag_ms"].get("p95_ms", "-")))
+    Console().print(table)
+    table = Table(title="Where a turn's time goes (p50 ms after the caller's last voiced frame)")
+    for col in ("callers", "speech ended", "final caption", "first synthesised audio", "first packet sent",
+                "Whisper passes", "ASR partials dropped"):
+        table.add_column(col)
+    for r in results["levels"]:
+        stages = r["stages_p50_ms"]
+        table.add_row(str(r["concurrency"]), *(str(stages.get(k, "-")) for k in ("speech_ended", "final_caption",
+                                                                                 "audio")),
+                      str(r["latency"].get("p50_ms", "-")), str(r["asr_runs"]), str(r["asr_partials_dropped"]))
+    Console().print(table)
+    goal = results["goal"]
+    Console().print(f"p95 ≤ {GOAL_P95_MS:.0f} ms up to {goal['max_concurrency_within_p95']} concurrent calls "
+                    f"(goal: {max_calls}); beyond capacity turned away with Retry-After: "
+                    f"{goal['beyond_capacity_turned_away_as_expected']}")
     Console().print(f"JSON: {out}")
 
 

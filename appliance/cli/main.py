@@ -9,7 +9,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from appliance.cli import bench_cmd, config_cmd, doctor_cmd, kiosk_cmd, models_cmd, serve_cmd, sip_cmd, voice_cmd
+from appliance.cli import (
+    bench_cmd,
+    config_cmd,
+    doctor_cmd,
+    kiosk_cmd,
+    models_cmd,
+    run_cmd,
+    serve_cmd,
+    sip_cmd,
+    voice_cmd,
+)
 from appliance.cli.state import CliState
 from appliance.errors import ApplianceError
 
@@ -25,6 +35,7 @@ app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(serve_cmd.keys_app, name="keys")
 app.add_typer(sip_cmd.app, name="sip")
+app.command("run")(run_cmd.run_command)
 app.command("serve")(serve_cmd.serve)
 app.command("wyoming")(serve_cmd.wyoming)
 app.command("doctor")(doctor_cmd.doctor)

@@ -26,6 +26,13 @@ def key_store(settings: Settings) -> KeyStore:
     return KeyStore(path)
 
 
+def first_key(keys: KeyStore) -> None:
+    """Create and print a first API key when there is none (shown once; only its hash is stored)."""
+    if not keys.list():
+        _, token = keys.create("first key")
+        console.print(f"[bold]first API key[/] (shown once, stored hashed in {keys.path}):\n{token}")
+
+
 def serve(
     ctx: typer.Context,
     host: str | None = typer.Option(None, help="Listen address (default: api.host)."),
@@ -41,9 +48,7 @@ def serve(
     settings = state.settings
     device = state.device
     keys = key_store(settings)
-    if not keys.list():
-        _, token = keys.create("first key")
-        console.print(f"[bold]first API key[/] (shown once, stored hashed in {keys.path}):\n{token}")
+    first_key(keys)
     services = ApiServices(settings.api, keys, device.voice_stack,
                            lambda: [m.id for m in device.catalog.models if device.store.is_active(m.id)])
     if settings.sip.enabled:

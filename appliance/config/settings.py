@@ -86,6 +86,7 @@ class ApiSettings(_Section):
 
 
 class WyomingSettings(_Section):
+    enabled: bool = Field(False, description="Run the Wyoming STT/TTS servers under `appliance run` (a child process).")
     stt_uri: str = Field("tcp://127.0.0.1:10300", description="Wyoming speech-to-text server address.")
     tts_uri: str = Field("tcp://127.0.0.1:10200", description="Wyoming text-to-speech server address.")
     allow: list[str] = Field(
@@ -184,6 +185,16 @@ class BotSettings(_Section):
     )
 
 
+class SupervisorSettings(_Section):
+    grace_s: float = Field(
+        20.0, ge=0, le=600, description="On SIGTERM, how long live calls and sessions may take to end before "
+        "services stop (keep the unit's TimeoutStopSec above it)."
+    )
+    memory_guard: bool = Field(
+        True, description="Under memory pressure, answer new calls and sessions with 503 instead of being killed."
+    )
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
@@ -204,6 +215,7 @@ class Settings(BaseSettings):
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings, description="Wyoming servers.")
     sip: SipSettings = Field(default_factory=SipSettings, description="SIP telephony.")
     bot: BotSettings = Field(default_factory=BotSettings, description="The call-center bot answering calls.")
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings, description="`appliance run`.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod

@@ -1,0 +1,165 @@
+"""`appliance run`: the whole appliance under the supervisor — what `make run` and the systemd unit start.
+
+Reads the configuration, opens the device (hardware probe, profile, store), warms the models in the
+background, and supervises the services the settings enable (API with kiosk and WebRTC, SIP, Wyoming). The
+status (every service's state, the models, memory) goes to systemd (READY=1, STATUS=, WATCHDOG=1), to
+``GET /health`` under "supervisor", and to ``STATE_DIR/status.json`` for `appliance status`. SIGTERM drains,
+SIGHUP reloads the same configuration file, memory pressure sheds load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import typer
+
+from appliance.cli.services import ApiService, Models, SipTask, phone_view
+from appliance.cli.state import CliState
+from appliance.supervisor.graph import API, SIP, WYOMING, GraphError, ServiceSpec, needs_process_restart, plan
+from appliance.supervisor.journal import journal_handler
+from appliance.supervisor.lifecycle import serve
+from appliance.supervisor.memory import MemoryGuard, MemoryOptions
+from appliance.supervisor.notify import Notifier
+from appliance.supervisor.service import ProcessService, Service
+from appliance.supervisor.supervisor import Supervisor, SupervisorOptions
+
+if TYPE_CHECKING:
+    from appliance.api.app import ApiServices
+    from appliance.api.keys import KeyStore
+    from appliance.config import Settings
+
+log = logging.getLogger(__name__)
+DEFAULT_GRACE_S = 20.0
+CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+def wyoming_process(settings: Settings, settings_path: Path | None) -> ProcessService:
+    """`appliance wyoming` as a child, with our configuration; ready when its STT port accepts."""
+    argv = [sys.executable, "-m", "appliance", *(["--config", str(settings_path)] if settings_path else []),
+            "wyoming"]
+    env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP}
+    # SIGINT, not SIGTERM: the wyoming library's servers each claim SIGTERM for themselves and only the last
+    # one registered stops on it, so `appliance wyoming` would linger until killed. SIGINT ends asyncio.run.
+    kind: dict[str, Any] = {"env": env, "stop_signal": signal.SIGINT}
+    uri = urlsplit(settings.wyoming.stt_uri)
+    if uri.scheme == "tcp" and uri.port:
+        host = uri.hostname if uri.hostname not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+        return ProcessService(WYOMING, argv, ready_tcp=(str(host), uri.port), **kind)
+    return ProcessService(WYOMING, argv, ready_line="Wyoming STT on", **kind)
+
+
+@dataclass
+class ApplianceGraph:
+    """The supervisor's factory of the real services; everything they share is built once, here."""
+
+    settings_path: Path | None
+    models: Models
+    services: ApiServices
+    view: Any  # the PhoneView the API's /v1/sip/status reads
+    supervisor: Supervisor | None = None
+
+    def plan(self, settings: Settings) -> list[ServiceSpec]:
+        return plan(settings)
+
+    def make(self, spec: ServiceSpec, settings: Settings) -> Service:
+        if spec.name == API:
+            return ApiService(settings, self.services, self._status)
+        if spec.name == SIP:
+            self.services.sip = self.view
+            return SipTask(settings, self.models, self.view)
+        if spec.name == WYOMING:
+            return wyoming_process(settings, self.settings_path)
+        raise GraphError(f"no service called {spec.name!r}")
+
+    def _status(self) -> dict[str, Any]:
+        return self.supervisor.status() if self.supervisor is not None else {}
+
+
+def setup_logging(level: str) -> None:
+    """The journal (structured fields) when stderr goes to it, else stderr as configured by the CLI."""
+    root = logging.getLogger()
+    handler = journal_handler()
+    if handler is not None:
+        root.handlers = [handler]
+    elif not root.handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    root.setLevel(level.upper())
+
+
+async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None = None,
+              options: SupervisorOptions | None = None, notifier: Notifier | None = None) -> int:
+    """Run until SIGTERM (0) or until every service failed (1). ``state_dir`` (systemd's $STATE_DIRECTORY)
+    holds status.json and, unless api.keys_file says otherwise, the API keys."""
+    from appliance.api.app import ApiServices
+    from appliance.api.keys import KeyStore
+    from appliance.config import load_settings
+    from appliance.device import Device
+
+    settings = await asyncio.to_thread(load_settings, settings_path)
+    setup_logging(settings.log.level)
+    device = await asyncio.to_thread(Device.open, settings)
+    models = Models(device.voice_stack)
+    keys = keys or KeyStore(settings.api.keys_file or state_dir / "api-keys.json")
+    provisioned = [m.id for m in device.catalog.models if device.store.is_active(m.id)]
+    services = ApiServices(settings.api, keys, models.get, lambda: provisioned)
+    graph = ApplianceGraph(settings_path, models, services, phone_view())
+    guard = MemoryGuard(MemoryOptions(), shed=lambda reason: None, recover=lambda: None)
+
+    def extras() -> dict[str, Any]:
+        notes = [models.note()] + ([f"memory pressure: {guard.reason}"] if guard.shedding else [])
+        return {"models": models.note(), "memory": guard.status(), "notes": notes}
+
+    options = options or SupervisorOptions(grace_s=settings.supervisor.grace_s,
+                                           status_file=state_dir / "status.json")
+    supervisor = graph.supervisor = Supervisor(graph, settings, options, notifier, extras)
+
+    async def shed(reason: str) -> None:
+        supervisor.refuse("memory", True)
+        dropped = await asyncio.to_thread(device.pool.unload_idle)
+        log.warning("memory pressure (%s): new calls refused, idle models unloaded: %s", reason,
+                    ", ".join(dropped) or "none idle")
+
+    guard.shed, guard.recover = shed, lambda: supervisor.refuse("memory", False)
+    current = [settings]
+
+    def reload() -> Settings:
+        new = load_settings(settings_path)
+        logging.getLogger().setLevel(new.log.level.upper())
+        later = needs_process_restart(current[0], new)
+        if later:
+            log.warning("changed %s: takes effect after a restart (systemctl restart appliance)", ", ".join(later))
+        current[0] = new
+        return new
+
+    background = [asyncio.create_task(models.warm(), name="models-warm")]
+    if settings.supervisor.memory_guard:
+        background.append(asyncio.create_task(guard.run(), name="memory-guard"))
+    try:
+        return await serve(supervisor, reload)
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if models.stack is not None:
+            await models.stack.stop()
+        await asyncio.to_thread(device.close)
+
+
+def run_command(ctx: typer.Context) -> None:
+    """Run every enabled service (API with kiosk and WebRTC, SIP, Wyoming) under the supervisor until SIGTERM;
+    SIGHUP reloads the configuration. What `make run` and the systemd unit start."""
+    from appliance.cli.serve_cmd import first_key, key_store
+
+    state: CliState = ctx.obj
+    keys = key_store(state.settings)
+    first_key(keys)
+    state_dir = Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or keys.path.parent)
+    raise typer.Exit(asyncio.run(run(state.config_path, state_dir, keys=keys)))

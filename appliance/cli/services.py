@@ -1,0 +1,282 @@
+"""The appliance's own services: the HTTP API (uvicorn on the supervisor's loop, with the kiosk page and
+WebRTC), the phone (SIP on the same loop) and the Wyoming servers (a child process), plus the models they
+share, warmed once in the background so that READY never waits for them.
+
+This is a composition root like ``appliance.device``: it wires the layers below, and only the entry point
+(``appliance run``) imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from appliance.errors import ApplianceError
+from appliance.supervisor.service import ServiceError, TaskService
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from appliance.api.app import ApiServices
+    from appliance.bot.calls import CallAppFactory, CallInfo
+    from appliance.bot.routing import FlowRouter
+    from appliance.config import Settings
+    from appliance.sip.service import SipService
+    from appliance.voice.stack import VoiceStack
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = 10
+
+
+class Models:
+    """The voice stack, built once (in a worker thread) and shared by every in-process service."""
+
+    def __init__(self, build: Callable[[], VoiceStack]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self.stack: VoiceStack | None = None
+        self.error: str | None = None
+
+    def get(self) -> VoiceStack:
+        """Blocking: the stack, built by the first caller; the API's warm-up calls this in a thread."""
+        with self._lock:
+            if self.stack is None:
+                if self.error is not None:
+                    raise ApplianceError(self.error)
+                try:
+                    self.stack = self._build()
+                except Exception as exc:
+                    self.error = str(exc)
+                    raise
+            return self.stack
+
+    def current(self) -> VoiceStack | None:
+        return self.stack
+
+    async def warm(self) -> None:
+        try:
+            await asyncio.to_thread(self.get)
+        except Exception as exc:  # reported in the status and as 503s, never fatal
+            log.error("the voice models could not be loaded: %s", exc)
+
+    def note(self) -> str:
+        return "models ready" if self.stack else f"models failed: {self.error}" if self.error else "models warming"
+
+
+def phone_view() -> Any:
+    """A PhoneView (below): a SipService whose ``target`` is set to the running phone by the sip service."""
+    from appliance.sip.service import SipService
+
+    class PhoneView(SipService):
+        """What the API's /v1/sip/status sees of the phone. The API app's lifespan starts and stops the
+        ``sip`` it is given; under the supervisor the sip service owns the phone, so this view's start and
+        stop do nothing."""
+
+        def __init__(self) -> None:  # no phone of its own: deliberately not calling SipService.__init__
+            self.target: SipService | None = None
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        def status(self) -> dict[str, Any]:
+            if self.target is None:
+                return {"running": False, "calls": [], "accounts": []}
+            return {"running": True, **self.target.status()}
+
+    return PhoneView()
+
+
+class Gate:
+    """ASGI wrapper of the API app. While refusing (draining, memory pressure) new work gets 503 with
+    Retry-After — POST requests, and WebSocket sessions are closed with 1013 "try again later" — while GETs
+    (health, status, metrics, the kiosk page) and hang-ups still work. GET /health gains the supervisor's
+    view of every service under "supervisor"."""
+
+    def __init__(self, app: ASGIApp, services: ApiServices, refusing: Callable[[], bool],
+                 supervisor: Callable[[], dict[str, Any]] | None) -> None:
+        self.app, self.services, self.refusing, self.supervisor = app, services, refusing, supervisor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" and scope["method"] == "GET" and scope["path"] == "/health":
+            body = {"status": "ok", "ready": self.services.stack is not None, "error": self.services.warm_error}
+            if self.supervisor is not None:
+                body["supervisor"] = self.supervisor()
+            await self._json(send, 200, body)
+        elif kind == "websocket" and self.refusing():
+            await send({"type": "websocket.close", "code": 1013, "reason": "busy: retry later"})
+        elif kind == "http" and scope["method"] == "POST" and self.refusing():
+            await self._json(send, 503, {"error": {"message": "the appliance is not taking new work right now "
+                                                   "(stopping or short of memory); retry shortly",
+                                                   "type": "server_error", "code": "unavailable"}},
+                             [(b"retry-after", str(RETRY_AFTER_S).encode())])
+        else:
+            await self.app(scope, receive, send)
+
+    async def _json(self, send: Send, status: int, body: dict[str, Any],
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        data = json.dumps(body, default=str).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(data)).encode()), *(headers or [])]})
+        await send({"type": "http.response.body", "body": data})
+
+
+class ApiService(TaskService):
+    """uvicorn serving the API app on the supervisor's loop; ready once it listens."""
+
+    def __init__(self, settings: Settings, services: ApiServices,
+                 supervisor: Callable[[], dict[str, Any]] | None = None) -> None:
+        super().__init__("api")
+        self.settings, self.services, self.supervisor = settings, services, supervisor
+        self.server: uvicorn.Server | None = None
+        self.refusing = False
+        self._stopping = False
+
+    async def run(self) -> None:
+        import uvicorn
+
+        from appliance.api.app import create_app
+
+        class Server(uvicorn.Server):
+            def capture_signals(self) -> Any:  # the supervisor owns SIGTERM/SIGHUP, not uvicorn
+                import contextlib
+
+                return contextlib.nullcontext()
+
+        api = self.settings.api
+        app = Gate(create_app(self.services), self.services, lambda: self.refusing, self.supervisor)
+        config = uvicorn.Config(app, host=api.host, port=api.port, log_level=self.settings.log.level,
+                                log_config=None, lifespan="on", timeout_graceful_shutdown=3)
+        self.server = server = Server(config)
+        self._stopping = False
+        serving = asyncio.create_task(self._serve(server), name="uvicorn")
+        while not serving.done() and not server.started:
+            await asyncio.wait({serving}, timeout=0.05)
+        if server.started:
+            self.set_ready()
+        await serving
+        if not self._stopping:
+            raise ServiceError("the HTTP server stopped on its own")
+
+    @staticmethod
+    async def _serve(server: uvicorn.Server) -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn exits on a failed start-up (port in use): in a task, that would end
+            raise ServiceError(f"the HTTP server could not start (exit {exc.code}); see the log above") from None
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        # The app's lifespan stops the stack it was given on its way out; the stack is shared with the phone
+        # (and outlives an API restart), so hide it first: run() stops it at exit.
+        self.services.stack = None
+        if self.server is not None:
+            self.server.should_exit = True
+
+    def live(self) -> int:
+        realtime = sum(s.value for m in self.services.sessions.collect() for s in m.samples)
+        return len(self.services.webrtc.sessions) + int(realtime)
+
+    def refuse(self, refusing: bool) -> None:
+        self.refusing = refusing
+
+    async def reconfigure(self, settings: Settings) -> None:
+        from appliance.api.limits import RateLimiter
+
+        api = settings.api
+        if api.rate_per_minute != self.services.settings.rate_per_minute:
+            self.services.limiter = RateLimiter(api.rate_per_minute)
+        self.services.webrtc.max_sessions = api.max_sessions
+        self.services.settings = api
+        self.settings = settings
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sessions": self.live(), "rate_per_minute": self.services.settings.rate_per_minute}
+        if self.server is not None and self.server.started and self.server.servers:
+            host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+            out["listen"] = f"{host}:{port}"
+        return out
+
+
+class SipTask(TaskService):
+    """The phone and its registrations. New calls are routed to the flows while the stack is warm and the
+    supervisor is not refusing; otherwise they get 503 with Retry-After."""
+
+    def __init__(self, settings: Settings, models: Models, view: Any) -> None:
+        super().__init__("sip")
+        self.settings, self.models, self.view = settings, models, view
+        self.sip: SipService | None = None
+        self.router: FlowRouter | None = None
+        self.refusing = False
+        self._stop = asyncio.Event()
+        self._retired: list[FlowRouter] = []  # replaced by a reload; live calls may still use their LLM client
+
+    async def run(self) -> None:
+        from appliance.sip.service import SipService
+
+        self._stop.clear()
+        self.router = await asyncio.to_thread(self._make_router, self.settings)
+        self.sip = SipService(self.settings.sip, self._route)
+        await self.sip.start()
+        self.view.target = self.sip
+        self.set_ready()
+        try:
+            await self._stop.wait()
+        finally:
+            self.view.target = None
+            await self.sip.stop()
+            for router in (*self._retired, self.router):
+                await router.aclose()
+            self._retired.clear()
+
+    def _make_router(self, settings: Settings) -> FlowRouter:
+        from appliance.bot.routing import FlowRouter
+
+        return FlowRouter(settings.bot, settings.upstream, self.models.current)
+
+    def _route(self, info: CallInfo) -> CallAppFactory | None:
+        from appliance.bot.calls import NotReady
+
+        if self.refusing:
+            raise NotReady("the appliance is stopping or short of memory")
+        assert self.router is not None
+        return self.router(info)
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+
+    def live(self) -> int:
+        return len(self.sip.phone.calls) if self.sip is not None else 0
+
+    def refuse(self, refusing: bool) -> None:
+        self.refusing = refusing
+
+    async def reconfigure(self, settings: Settings) -> None:
+        """Capacity, Retry-After and ringing apply to the next call; changed flows, bot or upstream settings
+        take a new router, used by the next call (live calls keep theirs)."""
+        conf, old = settings.sip, self.settings
+        if self.sip is not None:
+            phone = self.sip.phone
+            phone.options = dataclasses.replace(phone.options, max_calls=conf.max_calls,
+                                                retry_after_s=conf.retry_after_s, ring_s=conf.ring_s)
+            self.sip.settings = conf
+        if self.router is not None and (settings.bot != old.bot or settings.upstream != old.upstream):
+            self._retired.append(self.router)
+            self.router = await asyncio.to_thread(self._make_router, settings)
+        self.settings = settings
+
+    def health(self) -> dict[str, Any]:
+        if self.sip is None:
+            return {}
+        return {"listen": f"{self.settings.sip.host}:{self.sip.phone.agent.port}", "calls": self.live(),
+                "max_calls": self.sip.phone.options.max_calls}
