@@ -46,7 +46,8 @@ class FlowCallApp:
         self.on_event = on_event
         self.relay = EventRelay("echo", speaker, self._event)
         options = AsrOptions(language=flow.language)
-        self.conversation = Conversation(lambda emit: stack.listener(options, emit), stack.tts(flow.language, rate),
+        self.conversation = Conversation(lambda emit: stack.listener(options, emit, partials=False),
+                                         stack.tts(flow.language, rate),
                                          self._respond, self._output, barge_in=True)
         self.rate = rate
         self._started = asyncio.get_running_loop().time()

@@ -61,7 +61,8 @@ class ModeCallApp:
     def __init__(self, stack: VoiceStack, spec: SessionSpec, speaker: PcmQueue, rate: int,
                  send: Callable[[dict[str, Any]], None] = lambda event: None) -> None:
         self.relay = EventRelay(spec.mode, speaker, send)
-        self.conversation = open_conversation(stack, spec, self.relay, rate)
+        # on a call only interpretation speaks before the turn ends, from partials; the rest needs finals only
+        self.conversation = open_conversation(stack, spec, self.relay, rate, partials=spec.mode == "interpret")
 
     async def answered(self) -> None:
         return None

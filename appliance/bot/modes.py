@@ -32,8 +32,11 @@ class SessionSpec(BaseModel):
     target: str | None = None  # interpret: the language to speak
 
 
-def open_conversation(stack: VoiceStack, spec: SessionSpec, output: Output, out_rate: int) -> Conversation:
-    """A Conversation for ``spec`` on the shared models; raises ApplianceError for an unsupported pair."""
+def open_conversation(stack: VoiceStack, spec: SessionSpec, output: Output, out_rate: int,
+                      partials: bool = True) -> Conversation:
+    """A Conversation for ``spec`` on the shared models; raises ApplianceError for an unsupported pair.
+    ``partials=False`` skips the transcripts made while the speaker talks (nobody sees them on a phone call;
+    each costs a Whisper pass that the other calls wait for)."""
     task = "transcribe"
     translator = None
     speak_language = spec.language
@@ -63,7 +66,7 @@ def open_conversation(stack: VoiceStack, spec: SessionSpec, output: Output, out_
         text = await responder.respond(t)
         return text if spec.mode != "transcribe" else None
 
-    conversation = Conversation(lambda emit: stack.listener(options, emit), tts, respond, output,
+    conversation = Conversation(lambda emit: stack.listener(options, emit, partials=partials), tts, respond, output,
                                 barge_in=spec.mode == "echo",
                                 predict=responder.predict if spec.mode != "transcribe" else None)
     return conversation
