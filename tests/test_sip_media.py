@@ -216,15 +216,21 @@ def test_symmetric_rtp_latches_past_a_wrong_address_and_ignores_garbage() -> Non
     asyncio.run(scenario())
 
 
+def raw_udp() -> socket.socket:
+    """A plain non-blocking UDP socket on loopback, playing a peer by hand."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.setblocking(False)
+    return raw
+
+
 def test_packets_on_the_wire_with_a_raw_peer() -> None:
     """A plain socket as the peer: our RTP and RFC 4733 packets as sent; its repeated event packets reported
     once; its stream restarted with a new SSRC from the same address accepted."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        raw.bind(("127.0.0.1", 0))
-        raw.setblocking(False)
+        raw = raw_udp()
         b = await peer()
         port = b.session.local_port
 
@@ -282,9 +288,7 @@ def test_talkspurt_starts_are_reported_with_their_send_time() -> None:
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        raw.bind(("127.0.0.1", 0))
-        raw.setblocking(False)
+        raw = raw_udp()
         b = await peer()
         spurts: list[float] = []
         b.session.on_talkspurt = spurts.append
