@@ -58,7 +58,7 @@ class NativeJournalHandler(logging.Handler):
     def fields(self, record: logging.LogRecord) -> dict[str, str]:
         fields = {"MESSAGE": self.format(record), "PRIORITY": str(priority(record.levelno)),
                   "SYSLOG_IDENTIFIER": self.identifier, "LOGGER": record.name, "CODE_FILE": record.pathname,
-                  "CODE_LINE": str(record.lineno), "CODE_FUNC": record.funcName,
+                  "CODE_LINE": str(record.lineno), "CODE_FUNC": record.funcName or "",
                   "THREAD_NAME": record.threadName or ""}
         for key, value in record.__dict__.items():
             if _FIELD.match(key) and key not in fields:
