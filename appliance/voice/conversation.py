@@ -75,7 +75,10 @@ class Conversation:
         self.output = output
         self.barge_in = barge_in
         self._speaking: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[tuple[int, str, _Prepared | None]] = asyncio.Queue()
+        # answers to speak, each with the barge-in generation it was queued in: one queued before the latest
+        # interruption is dropped even if the speaker loop had already taken it off the queue
+        self._queue: asyncio.Queue[tuple[int, str, _Prepared | None, int]] = asyncio.Queue()
+        self._generation = 0
         self._speaker = asyncio.create_task(self._speak_loop(), name="conversation-speaker")
         self.barge_ins = 0
         self._starts = 0  # SpeechStarted events seen: an answer made while the user started again is stale
@@ -85,7 +88,7 @@ class Conversation:
 
     async def say(self, text: str, utterance: int = 0) -> None:
         """Queue text to speak after what is already queued (used by responders that speak early)."""
-        await self._queue.put((utterance, text, None))
+        await self._queue.put((utterance, text, None, self._generation))
 
     async def interrupt(self) -> None:
         """Stop speaking now, as barge-in does (a key pressed during a prompt)."""
@@ -134,7 +137,7 @@ class Conversation:
                 self._discard(prepared)
                 prepared = None
             if text:
-                await self._queue.put((event.utterance, text, prepared))
+                await self._queue.put((event.utterance, text, prepared, self._generation))
 
     def _drop_prepared(self) -> None:
         if self._prepared is not None:
@@ -157,8 +160,9 @@ class Conversation:
 
     async def _interrupt(self, time_s: float) -> None:
         dropped = 0
+        self._generation += 1
         while not self._queue.empty():
-            _, _, prepared = self._queue.get_nowait()
+            _, _, prepared, _ = self._queue.get_nowait()
             if prepared is not None:
                 self._discard(prepared)
             self._queue.task_done()
@@ -172,7 +176,12 @@ class Conversation:
 
     async def _speak_loop(self) -> None:
         while True:
-            utterance, text, prepared = await self._queue.get()
+            utterance, text, prepared, generation = await self._queue.get()
+            if generation != self._generation:  # interrupted between the queue and here
+                if prepared is not None:
+                    self._discard(prepared)
+                self._queue.task_done()
+                continue
             self._speaking = asyncio.create_task(self._speak(utterance, text, prepared))
             try:
                 # wait() returns when the answer is done or interrupted, and raises only if this loop
