@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,62 @@ def sip(
                     f"(goal: {max_calls}); beyond capacity turned away with Retry-After: "
                     f"{goal['beyond_capacity_turned_away_as_expected']}")
     Console().print(f"JSON: {out}")
+
+
+@app.command("supervisor")
+def supervisor(
+    ctx: typer.Context,
+    repeat: int = typer.Option(3, min=1, help="Boots with the configured models (and `--help` runs, the baseline)."),
+    kills: int = typer.Option(2, min=1, max=4, help="kill -9 of the Wyoming child per boot (the backoff doubles)."),
+    out: Path = typer.Option(Path("bench-results/supervisor.json"), "--json", help="Where to write the JSON."),
+) -> None:
+    """`appliance run` in a subprocess: boot → READY=1 and → models warm, kill -9 of the Wyoming child → serving
+    again, idle RSS with the configured models, SIGTERM → exit; against `--help` and an empty-store boot."""
+    from appliance.bench.supervisor import SupervisorBenchOptions, planned_steps, run
+
+    state: CliState = ctx.obj
+    options = SupervisorBenchOptions(repeat=repeat, kills=kills)
+    results = _with_progress("appliance run", planned_steps(options),
+                             lambda step: run(state.settings, options, step).to_json())
+    _write(out, results)
+    s, goals, empty = results["summary"], results["goals"], results["empty_store"]
+
+    def seconds(figure: dict[str, Any], key: str = "p50_ms") -> str:
+        return f"{figure[key] / 1000:.2f} s" if key in figure else "-"
+
+    table = Table(title=f"`appliance run` under the bench ({len(results['models_active'])} models active in "
+                        f"{results['store']}): p50 and worst of {repeat} boots")
+    for col in ("figure", "p50", "worst", "empty store", "× --help p50", "goal", "met"):
+        table.add_column(col)
+    rows = [("python -m appliance --help", s["help"], None, None),
+            ("boot → READY=1", s["ready"], empty and f"{empty['ready_s']:.2f} s", goals["boot_to_ready"]),
+            ("boot → models warm (/health)", s["warm"], empty and f"{empty['warm_s']:.2f} s", None)]
+    for kill in s["serving"]:
+        base = empty["kills"][kill["nth"] - 1]["serving_s"] if empty and len(empty["kills"]) >= kill["nth"] else None
+        rows.append((f"kill -9 wyoming #{kill['nth']} → serving (+{kill['backoff_s']:g} s backoff)", kill,
+                     base and f"{base:.2f} s", goals["kill_to_serving"] if kill["nth"] == 1 else None))
+    rows.append(("SIGTERM → exit", s["stop"], empty and f"{empty['stop_s']:.2f} s", None))
+    for label, figure, baseline, goal in rows:
+        table.add_row(label, seconds(figure), seconds(figure, "max_ms"), baseline or "-",
+                      f"{figure['vs_help_p50']}×" if "vs_help_p50" in figure else "-",
+                      f"≤ {goal['goal_s']:g} s" if goal else "-", _met(goal))
+    memory = s["memory_mib"]
+    empty_rss = f"{memory['empty_store']['rss_mib']:.0f} MiB" if memory["empty_store"] else "-"
+    pss = "/".join(f"{v:.0f}" for v in memory["total_pss"] if v is not None)
+    table.add_row("idle RSS, supervisor + wyoming (PSS)", f"{statistics.median(memory['total_rss']):.0f} MiB ({pss})",
+                  f"{max(memory['total_rss']):.0f} MiB", empty_rss, "-",
+                  f"≤ {goals['idle_rss']['goal_mib']:g} MiB", _met(goals["idle_rss"]))
+    Console().print(table)
+    boot = results["boots"][-1]
+    Console().print("last boot, MiB: " + ", ".join(f"{name} RSS {m['rss_mib']:.0f} (peak {m['rss_peak_mib']:.0f}"
+                                                   + (f", PSS {m['pss_mib']:.0f})" if "pss_mib" in m else ")")
+                                                   for name, m in boot["memory"].items() if name != "total"))
+    Console().print(f"exit codes {s['exit_codes']}; children left after exit: {s['outlived'] or 'none'}")
+    Console().print(f"JSON: {out}")
+
+
+def _met(goal: dict[str, Any] | None) -> str:
+    return "-" if goal is None else "[green]yes[/]" if goal["met"] else "[red]no[/]"
 
 
 def _with_progress(label: str, total: int, work: Callable[[Callable[[str], None]], dict[str, Any]]) -> dict[str, Any]:
