@@ -133,10 +133,7 @@ class Phone:
         late = not request.body  # no offer: ours goes in the 200, the answer comes in the ACK (§13.2.1)
         try:
             offered = None if late else parse_sdp(request.body)
-            media = await RtpSession.open(local if self.options.advertise is None else self.options.host,
-                                          PortRange(*self.options.rtp_ports),
-                                          lambda samples: holder[0].audio(samples) if holder else None,
-                                          lambda digit: holder[0].dtmf(digit) if holder else None)
+            media = await self._open_media(local, holder)
         except SdpError as exc:
             self.stats.rejected_other += 1
             agent.respond(tx, 488, "Not Acceptable Here", Warning=f'305 appliance "{exc}"')
@@ -210,10 +207,7 @@ class Phone:
             raise CallFailed(f"cannot resolve {uri.host}: {exc}") from None
         local = agent.host_for(destination[0])
         holder: list[Call] = []
-        media = await RtpSession.open(local if self.options.advertise is None else self.options.host,
-                                      PortRange(*self.options.rtp_ports),
-                                      lambda samples: holder[0].audio(samples) if holder else None,
-                                      lambda digit: holder[0].dtmf(digit) if holder else None)
+        media = await self._open_media(local, holder)
         self._pending += 1
         try:
             ours = sdp_offer(local, media.local_port, self.options.codecs)
@@ -252,6 +246,14 @@ class Phone:
         media.start(call.negotiated)
         await call.acknowledge()
         return call
+
+    async def _open_media(self, local: str, holder: list[Call]) -> RtpSession:
+        """An RTP session in the configured range whose audio and keys go to the call put in ``holder`` once
+        it exists (the port must be known before the call is)."""
+        return await RtpSession.open(local if self.options.advertise is None else self.options.host,
+                                     PortRange(*self.options.rtp_ports),
+                                     lambda samples: holder[0].audio(samples) if holder else None,
+                                     lambda digit: holder[0].dtmf(digit) if holder else None)
 
     def _ended(self, call: Call) -> None:
         self.calls.pop(call.info.call_id, None)
