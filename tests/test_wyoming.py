@@ -21,7 +21,7 @@ from appliance.audio import read_audio
 from appliance.bench.text import normalise
 from appliance.voice.asr import AsrOptions
 from appliance.voice.stack import VoiceStack
-from appliance.wyoming.handlers import SttHandler, TtsHandler
+from appliance.wyoming.handlers import SttHandler, TtsHandler, ready
 
 EN = Path("/usr/share/asterisk/sounds/en")
 
@@ -37,7 +37,7 @@ def with_server(stack: VoiceStack, handler: type, test: Callable[[str], Awaitabl
     async def run() -> None:
         uri = f"tcp://127.0.0.1:{free_port()}"
         server = AsyncServer.from_uri(uri)
-        task = asyncio.create_task(server.run(functools.partial(handler, stack=stack,
+        task = asyncio.create_task(server.run(functools.partial(handler, stack=ready(stack),
                                                                 allow=["127.0.0.1"] if allow is None else allow)))
         await asyncio.sleep(0.2)
         try:

@@ -1,7 +1,9 @@
 """The FastAPI app: /health (the only open route), /metrics, and the OpenAI-compatible audio API.
 
 Models warm in the background when the app starts; until they are ready, model routes answer 503 with
-Retry-After instead of making the client wait on a cold start.
+Retry-After instead of making the client wait on a cold start. Under the supervisor (``standalone=False``) the
+models and the phone belong to the supervisor: it warms the stack into ``services.stack``, runs the phone and
+stops both; the app only serves.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ApiServices:
     stack: VoiceStack | None = None
     warm_error: str | None = None
     sip: SipService | None = None  # the phone, when this process answers calls
+    standalone: bool = True  # the app's lifespan warms the stack, starts and stops `sip`, stops the stack
     limiter: RateLimiter = field(init=False)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
@@ -81,6 +84,10 @@ def create_app(services: ApiServices) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         services.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        if not services.standalone:
+            yield
+            await services.webrtc.close_all()
+            return
         warm = asyncio.create_task(_warm(services))
         if services.sip is not None:
             await services.sip.start()

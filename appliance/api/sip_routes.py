@@ -18,6 +18,6 @@ async def status(request: Request, key: ApiKey = Depends(require_key)) -> dict[s
     """Listening address, live calls, registrations and call counters."""
     services: ApiServices = request.app.state.services
     if services.sip is None:
-        raise HTTPException(404, error_body("SIP is not running in this service (sip.enabled is false)",
-                                            "invalid_request_error", "sip_disabled"))
+        raise HTTPException(404, error_body("SIP is not running in this service (sip.enabled is false, or the "
+                                            "phone is restarting)", "invalid_request_error", "sip_disabled"))
     return services.sip.status()

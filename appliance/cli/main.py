@@ -18,6 +18,7 @@ from appliance.cli import (
     run_cmd,
     serve_cmd,
     sip_cmd,
+    status_cmd,
     voice_cmd,
 )
 from appliance.cli.state import CliState
@@ -36,6 +37,7 @@ app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(serve_cmd.keys_app, name="keys")
 app.add_typer(sip_cmd.app, name="sip")
 app.command("run")(run_cmd.run_command)
+app.command("status")(status_cmd.status)
 app.command("serve")(serve_cmd.serve)
 app.command("wyoming")(serve_cmd.wyoming)
 app.command("doctor")(doctor_cmd.doctor)

@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import typer
 
-from appliance.cli.services import ApiService, Models, SipTask, phone_view
+from appliance.cli.services import ApiService, Models, SipTask, WyomingTask
 from appliance.cli.state import CliState
 from appliance.supervisor.graph import API, SIP, WYOMING, GraphError, ServiceSpec, needs_process_restart, plan
 from appliance.supervisor.journal import journal_handler
 from appliance.supervisor.lifecycle import serve
 from appliance.supervisor.memory import MemoryGuard, MemoryOptions
 from appliance.supervisor.notify import Notifier
-from appliance.supervisor.service import ProcessService, Service
+from appliance.supervisor.service import Service
 from appliance.supervisor.supervisor import Supervisor, SupervisorOptions
 
 if TYPE_CHECKING:
@@ -38,32 +34,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_GRACE_S = 20.0
-CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
-
-
-def wyoming_process(settings: Settings, settings_path: Path | None) -> ProcessService:
-    """`appliance wyoming` as a child, with our configuration; ready when its STT port accepts."""
-    argv = [sys.executable, "-m", "appliance", *(["--config", str(settings_path)] if settings_path else []),
-            "wyoming"]
-    env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP}
-    # SIGINT, not SIGTERM: the wyoming library's servers each claim SIGTERM for themselves and only the last
-    # one registered stops on it, so `appliance wyoming` would linger until killed. SIGINT ends asyncio.run.
-    kind: dict[str, Any] = {"env": env, "stop_signal": signal.SIGINT}
-    uri = urlsplit(settings.wyoming.stt_uri)
-    if uri.scheme == "tcp" and uri.port:
-        host = uri.hostname if uri.hostname not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-        return ProcessService(WYOMING, argv, ready_tcp=(str(host), uri.port), **kind)
-    return ProcessService(WYOMING, argv, ready_line="Wyoming STT on", **kind)
 
 
 @dataclass
 class ApplianceGraph:
     """The supervisor's factory of the real services; everything they share is built once, here."""
 
-    settings_path: Path | None
     models: Models
     services: ApiServices
-    view: Any  # the PhoneView the API's /v1/sip/status reads
     supervisor: Supervisor | None = None
 
     def plan(self, settings: Settings) -> list[ServiceSpec]:
@@ -73,10 +51,9 @@ class ApplianceGraph:
         if spec.name == API:
             return ApiService(settings, self.services, self._status)
         if spec.name == SIP:
-            self.services.sip = self.view
-            return SipTask(settings, self.models, self.view)
+            return SipTask(settings, self.models, self.services)
         if spec.name == WYOMING:
-            return wyoming_process(settings, self.settings_path)
+            return WyomingTask(settings, self.models)
         raise GraphError(f"no service called {spec.name!r}")
 
     def _status(self) -> dict[str, Any]:
@@ -109,8 +86,8 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
     models = Models(device.voice_stack)
     keys = keys or KeyStore(settings.api.keys_file or state_dir / "api-keys.json")
     provisioned = [m.id for m in device.catalog.models if device.store.is_active(m.id)]
-    services = ApiServices(settings.api, keys, models.get, lambda: provisioned)
-    graph = ApplianceGraph(settings_path, models, services, phone_view())
+    services = ApiServices(settings.api, keys, device.voice_stack, lambda: provisioned, standalone=False)
+    graph = ApplianceGraph(models, services)
     guard = MemoryGuard(MemoryOptions(), shed=lambda reason: None, recover=lambda: None)
 
     def extras() -> dict[str, Any]:
@@ -139,7 +116,11 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
         current[0] = new
         return new
 
-    background = [asyncio.create_task(models.warm(), name="models-warm")]
+    async def warm() -> None:
+        await models.warm()
+        services.stack, services.warm_error = models.stack, models.error
+
+    background = [asyncio.create_task(warm(), name="models-warm")]
     if settings.supervisor.memory_guard:
         background.append(asyncio.create_task(guard.run(), name="memory-guard"))
     try:
@@ -157,9 +138,9 @@ def run_command(ctx: typer.Context) -> None:
     """Run every enabled service (API with kiosk and WebRTC, SIP, Wyoming) under the supervisor until SIGTERM;
     SIGHUP reloads the configuration. What `make run` and the systemd unit start."""
     from appliance.cli.serve_cmd import first_key, key_store
+    from appliance.cli.status_cmd import state_dir
 
     state: CliState = ctx.obj
     keys = key_store(state.settings)
     first_key(keys)
-    state_dir = Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or keys.path.parent)
-    raise typer.Exit(asyncio.run(run(state.config_path, state_dir, keys=keys)))
+    raise typer.Exit(asyncio.run(run(state.config_path, state_dir(state.settings), keys=keys)))

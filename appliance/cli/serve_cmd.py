@@ -67,6 +67,7 @@ def wyoming(ctx: typer.Context) -> None:
     """Run the Wyoming speech-to-text and text-to-speech servers (Home Assistant) until interrupted."""
     import asyncio
 
+    from appliance.wyoming.handlers import ready
     from appliance.wyoming.server import serve as serve_wyoming
 
     state: CliState = ctx.obj
@@ -74,7 +75,7 @@ def wyoming(ctx: typer.Context) -> None:
     stack = state.device.voice_stack()
     console.print(f"Wyoming STT on {conf.stt_uri}, TTS on {conf.tts_uri}; clients allowed: "
                   f"{', '.join(conf.allow) or 'any'}")
-    asyncio.run(serve_wyoming(stack, conf.stt_uri, conf.tts_uri, conf.allow))
+    asyncio.run(serve_wyoming(ready(stack), conf.stt_uri, conf.tts_uri, conf.allow))
 
 
 @keys_app.command("create")

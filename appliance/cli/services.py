@@ -1,6 +1,6 @@
-"""The appliance's own services: the HTTP API (uvicorn on the supervisor's loop, with the kiosk page and
-WebRTC), the phone (SIP on the same loop) and the Wyoming servers (a child process), plus the models they
-share, warmed once in the background so that READY never waits for them.
+"""The appliance's own services, all on the supervisor's event loop: the HTTP API (uvicorn, with the kiosk page
+and WebRTC), the phone (SIP) and the Wyoming servers, plus the models they share, loaded once and warmed in the
+background so that READY never waits for them.
 
 This is a composition root like ``appliance.device``: it wires the layers below, and only the entry point
 (``appliance run``) imports it.
@@ -9,10 +9,10 @@ This is a composition root like ``appliance.device``: it wires the layers below,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,77 +29,55 @@ if TYPE_CHECKING:
     from appliance.config import Settings
     from appliance.sip.service import SipService
     from appliance.voice.stack import VoiceStack
+    from appliance.wyoming.server import WyomingServers
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 10
+WARM_WAIT_S = 5.0  # how long a Wyoming request waits for warming models before it is told to retry
 
 
 class Models:
-    """The voice stack, built once (in a worker thread) and shared by every in-process service."""
+    """The voice stack, built once in a worker thread and shared by every in-process service; whoever needs it
+    before it is warm waits a little (`wait`) or is told to retry."""
 
     def __init__(self, build: Callable[[], VoiceStack]) -> None:
         self._build = build
-        self._lock = threading.Lock()
+        self._warmed = asyncio.Event()
         self.stack: VoiceStack | None = None
         self.error: str | None = None
-
-    def get(self) -> VoiceStack:
-        """Blocking: the stack, built by the first caller; the API's warm-up calls this in a thread."""
-        with self._lock:
-            if self.stack is None:
-                if self.error is not None:
-                    raise ApplianceError(self.error)
-                try:
-                    self.stack = self._build()
-                except Exception as exc:
-                    self.error = str(exc)
-                    raise
-            return self.stack
 
     def current(self) -> VoiceStack | None:
         return self.stack
 
     async def warm(self) -> None:
         try:
-            await asyncio.to_thread(self.get)
+            self.stack = await asyncio.to_thread(self._build)
         except Exception as exc:  # reported in the status and as 503s, never fatal
+            self.error = str(exc)
             log.error("the voice models could not be loaded: %s", exc)
+        finally:
+            self._warmed.set()
+
+    async def wait(self, timeout_s: float = WARM_WAIT_S) -> VoiceStack:
+        """The stack, waiting up to ``timeout_s`` while it warms; ApplianceError saying why there is none."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._warmed.wait()
+        if self.stack is not None:
+            return self.stack
+        if self.error is not None:
+            raise ApplianceError(f"the voice models could not be loaded: {self.error}")
+        raise ApplianceError(f"the voice models are still loading; retry in {RETRY_AFTER_S} s")
 
     def note(self) -> str:
         return "models ready" if self.stack else f"models failed: {self.error}" if self.error else "models warming"
-
-
-def phone_view() -> Any:
-    """A PhoneView (below): a SipService whose ``target`` is set to the running phone by the sip service."""
-    from appliance.sip.service import SipService
-
-    class PhoneView(SipService):
-        """What the API's /v1/sip/status sees of the phone. The API app's lifespan starts and stops the
-        ``sip`` it is given; under the supervisor the sip service owns the phone, so this view's start and
-        stop do nothing."""
-
-        def __init__(self) -> None:  # no phone of its own: deliberately not calling SipService.__init__
-            self.target: SipService | None = None
-
-        async def start(self) -> None:
-            pass
-
-        async def stop(self) -> None:
-            pass
-
-        def status(self) -> dict[str, Any]:
-            if self.target is None:
-                return {"running": False, "calls": [], "accounts": []}
-            return {"running": True, **self.target.status()}
-
-    return PhoneView()
 
 
 class Gate:
     """ASGI wrapper of the API app. While refusing (draining, memory pressure) new work gets 503 with
     Retry-After — POST requests, and WebSocket sessions are closed with 1013 "try again later" — while GETs
     (health, status, metrics, the kiosk page) and hang-ups still work. GET /health gains the supervisor's
-    view of every service under "supervisor"."""
+    view of every service under "supervisor": states only, or everything with a valid API key."""
 
     def __init__(self, app: ASGIApp, services: ApiServices, refusing: Callable[[], bool],
                  supervisor: Callable[[], dict[str, Any]] | None) -> None:
@@ -110,7 +88,8 @@ class Gate:
         if kind == "http" and scope["method"] == "GET" and scope["path"] == "/health":
             body = {"status": "ok", "ready": self.services.stack is not None, "error": self.services.warm_error}
             if self.supervisor is not None:
-                body["supervisor"] = self.supervisor()
+                view = self.supervisor()
+                body["supervisor"] = view if self._has_key(scope) else _public(view)
             await self._json(send, 200, body)
         elif kind == "websocket" and self.refusing():
             await send({"type": "websocket.close", "code": 1013, "reason": "busy: retry later"})
@@ -122,6 +101,15 @@ class Gate:
         else:
             await self.app(scope, receive, send)
 
+    def _has_key(self, scope: Scope) -> bool:
+        """A valid, unrevoked API key in the Authorization header (health itself needs none)."""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                key, reason = self.services.keys.check(token.strip())
+                return scheme.lower() == "bearer" and key is not None and reason != "revoked"
+        return False
+
     async def _json(self, send: Send, status: int, body: dict[str, Any],
                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
         data = json.dumps(body, default=str).encode()
@@ -129,6 +117,12 @@ class Gate:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(data)).encode()), *(headers or [])]})
         await send({"type": "http.response.body", "body": data})
+
+
+def _public(view: dict[str, Any]) -> dict[str, Any]:
+    """What /health shows without a key: states only (no pids, addresses, memory or errors)."""
+    return {"state": view.get("state"), "ready": view.get("ready"),
+            "services": {name: unit.get("state") for name, unit in view.get("services", {}).items()}}
 
 
 class ApiService(TaskService):
@@ -177,9 +171,6 @@ class ApiService(TaskService):
 
     async def shutdown(self) -> None:
         self._stopping = True
-        # The app's lifespan stops the stack it was given on its way out; the stack is shared with the phone
-        # (and outlives an API restart), so hide it first: run() stops it at exit.
-        self.services.stack = None
         if self.server is not None:
             self.server.should_exit = True
 
@@ -212,9 +203,9 @@ class SipTask(TaskService):
     """The phone and its registrations. New calls are routed to the flows while the stack is warm and the
     supervisor is not refusing; otherwise they get 503 with Retry-After."""
 
-    def __init__(self, settings: Settings, models: Models, view: Any) -> None:
+    def __init__(self, settings: Settings, models: Models, services: ApiServices) -> None:
         super().__init__("sip")
-        self.settings, self.models, self.view = settings, models, view
+        self.settings, self.models, self.services = settings, models, services
         self.sip: SipService | None = None
         self.router: FlowRouter | None = None
         self.refusing = False
@@ -228,12 +219,12 @@ class SipTask(TaskService):
         self.router = await asyncio.to_thread(self._make_router, self.settings)
         self.sip = SipService(self.settings.sip, self._route)
         await self.sip.start()
-        self.view.target = self.sip
+        self.services.sip = self.sip  # for GET /v1/sip/status
         self.set_ready()
         try:
             await self._stop.wait()
         finally:
-            self.view.target = None
+            self.services.sip = None
             await self.sip.stop()
             for router in (*self._retired, self.router):
                 await router.aclose()
@@ -280,3 +271,36 @@ class SipTask(TaskService):
             return {}
         return {"listen": f"{self.settings.sip.host}:{self.sip.phone.agent.port}", "calls": self.live(),
                 "max_calls": self.sip.phone.options.max_calls}
+
+
+class WyomingTask(TaskService):
+    """The Wyoming STT and TTS servers on the shared stack (one copy of the models for every service)."""
+
+    def __init__(self, settings: Settings, models: Models) -> None:
+        super().__init__("wyoming")
+        self.settings, self.models = settings, models
+        self.servers: WyomingServers | None = None
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        from appliance.wyoming.server import WyomingServers
+
+        conf = self.settings.wyoming
+        self._stop.clear()
+        self.servers = WyomingServers(self.models.wait, conf.stt_uri, conf.tts_uri, conf.allow)
+        await self.servers.start()
+        self.set_ready()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.servers.stop()
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+
+    def live(self) -> int:
+        return len(self.servers.sessions) if self.servers is not None else 0
+
+    def health(self) -> dict[str, Any]:
+        conf = self.settings.wyoming
+        return {"listen": f"{conf.stt_uri} (STT), {conf.tts_uri} (TTS)", "sessions": self.live()}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from appliance.config import Settings, load_settings
-from appliance.device import Device
+if TYPE_CHECKING:  # imported when used: every start of the CLI (and every restart of the appliance) pays imports
+    from appliance.config import Settings
+    from appliance.device import Device
 
 
 @dataclass
@@ -19,6 +21,8 @@ class CliState:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from appliance.config import load_settings
+
             self._settings = load_settings(self.config_path)
             logging.basicConfig(level=self._settings.log.level.upper(), format="%(levelname)s %(name)s: %(message)s")
             for chatty in ("aioice", "aiortc", "httpx", "httpcore"):  # per-packet and per-request INFO lines
@@ -28,5 +32,7 @@ class CliState:
     @property
     def device(self) -> Device:
         if self._device is None:
+            from appliance.device import Device
+
             self._device = Device.open(self.settings)
         return self._device

@@ -86,7 +86,7 @@ class ApiSettings(_Section):
 
 
 class WyomingSettings(_Section):
-    enabled: bool = Field(False, description="Run the Wyoming STT/TTS servers under `appliance run` (a child process).")
+    enabled: bool = Field(False, description="Run the Wyoming STT/TTS servers under `appliance run` (shared models).")
     stt_uri: str = Field("tcp://127.0.0.1:10300", description="Wyoming speech-to-text server address.")
     tts_uri: str = Field("tcp://127.0.0.1:10200", description="Wyoming text-to-speech server address.")
     allow: list[str] = Field(

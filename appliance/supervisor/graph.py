@@ -8,7 +8,6 @@ specs so that dependencies come first, and names a cycle or an unknown dependenc
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,10 +79,8 @@ def plan(settings: Any) -> list[ServiceSpec]:
         specs.append(ServiceSpec(SIP, key=(sip.host, sip.port, sip.advertise, sip.rtp_port_min, sip.rtp_port_max,
                                            tuple(sip.codecs), accounts)))
     if wyoming_enabled(settings):
-        # The child reads the whole configuration itself: anything it uses restarts it when changed.
-        used = settings.model_dump(mode="json", include={"wyoming", "voice", "models", "runtime", "hw", "upstream"})
-        secret = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
-        specs.append(ServiceSpec(WYOMING, key=(json.dumps(used, sort_keys=True), secret)))
+        wyoming = settings.wyoming
+        specs.append(ServiceSpec(WYOMING, key=(wyoming.stt_uri, wyoming.tts_uri, tuple(wyoming.allow))))
     return specs
 
 

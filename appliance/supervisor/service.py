@@ -1,8 +1,9 @@
 """What the supervisor runs: a `Service` is started, probed until ready, awaited until it ends, and stopped.
 
-Two kinds: a `TaskService` is a coroutine on the supervisor's own event loop (the HTTP API, the phone); a
-`ProcessService` is a child process (the Wyoming servers), ready when its TCP port accepts or when it prints a
-given line, and noticed dead the moment its wait() returns. `RestartPolicy` says how a service that ended on
+Two kinds: a `TaskService` is a coroutine on the supervisor's own event loop (the HTTP API, the phone, the Wyoming
+servers: they share one copy of the models); a `ProcessService` is a child process, for work that must not share
+the supervisor's fate (a vendor runtime that may crash, the fleet agent), ready when its TCP port accepts or when
+it prints a given line, and noticed dead the moment its wait() returns. `RestartPolicy` says how a service that ended on
 its own is started again: exponential backoff, reset after a healthy stretch, and a crash-loop limit after
 which the service stays failed until the configuration is reloaded.
 """

@@ -1,6 +1,10 @@
 """Wyoming event handlers: Describe → Info; Transcribe + audio → Transcript (also streamed per utterance);
 Synthesize (or the streaming SynthesizeStart/Chunk/Stop) → AudioStart, AudioChunk…, AudioStop.
 
+The handlers get the voice stack from a `StackSource`: under `appliance run` the servers listen before the
+models are warm, and a request that comes meanwhile waits for them a little (``WARM_WAIT_S``), then gets an
+Error event with code "models-unavailable" saying why (still loading: retry; or failed).
+
 The protocol has no authentication: the servers listen on loopback by default and accept only clients
 from an allow-list of addresses (see README: wyoming.allow).
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +38,16 @@ ATTRIBUTION = Attribution(name="edge voice appliance", url="https://example.inva
 MAX_AUDIO_S = 120.0
 CHUNK_SAMPLES = 1024
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+StackSource = Callable[[], Awaitable[VoiceStack]]  # the stack, waiting for it while warming; ApplianceError if not
+
+
+def ready(stack: VoiceStack) -> StackSource:
+    """A source for a stack that is already built (`appliance wyoming`, tests)."""
+
+    async def source() -> VoiceStack:
+        return stack
+
+    return source
 
 
 def describe(stack: VoiceStack) -> Info:
@@ -50,11 +65,13 @@ def describe(stack: VoiceStack) -> Info:
 
 
 class _Guarded(AsyncEventHandler):
-    """Refuses clients whose address is not allowed, before reading anything."""
+    """Refuses clients whose address is not allowed, before reading anything; counts open sessions (a drain
+    waits for them)."""
 
-    def __init__(self, *args: Any, stack: VoiceStack, allow: list[str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, stack: StackSource, allow: list[str], sessions: set[Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.stack = stack
+        self.source, self.sessions = stack, sessions if sessions is not None else set()
         peer = self.writer.get_extra_info("peername") or ("?",)
         self.allowed = not allow or str(peer[0]) in allow
         if not self.allowed:
@@ -64,7 +81,24 @@ class _Guarded(AsyncEventHandler):
         if not self.allowed:
             self.writer.close()
             return
-        await super().run()
+        self.sessions.add(self)
+        try:
+            await super().run()
+        finally:
+            self.sessions.discard(self)
+
+    async def stack(self) -> VoiceStack | None:
+        """The stack, or None once an Error event has told the client why there is none."""
+        try:
+            return await self.source()
+        except ApplianceError as exc:
+            await self.write_event(Error(text=str(exc), code="models-unavailable").event())
+            return None
+
+    async def describe(self) -> None:
+        stack = await self.stack()
+        if stack is not None:
+            await self.write_event(describe(stack).event())
 
 
 class SttHandler(_Guarded):
@@ -77,7 +111,7 @@ class SttHandler(_Guarded):
 
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
-            await self.write_event(describe(self.stack).event())
+            await self.describe()
         elif Transcribe.is_type(event.type):
             self.language = Transcribe.from_event(event).language
         elif AudioStart.is_type(event.type):
@@ -101,7 +135,9 @@ class SttHandler(_Guarded):
     async def _transcribe(self) -> None:
         audio = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
         audio = resample(audio, self.rate, 16000) if self.rate != 16000 else audio
-        stack, language = self.stack, self.language
+        stack, language = await self.stack(), self.language
+        if stack is None:
+            return
 
         def work() -> list[str]:
             asr = stack.asr[stack.asr_model(language, "transcribe")]
@@ -129,7 +165,7 @@ class TtsHandler(_Guarded):
 
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
-            await self.write_event(describe(self.stack).event())
+            await self.describe()
         elif Synthesize.is_type(event.type):
             if not self.streaming:  # during a streaming session the client also sends the whole text: ignore
                 request = Synthesize.from_event(event)
@@ -152,12 +188,18 @@ class TtsHandler(_Guarded):
         return True
 
     async def _begin(self) -> None:
-        voice = self.stack.voice(self.language)
+        stack = await self.stack()
+        if stack is None:
+            return
+        voice = stack.voice(self.language)
         await self.write_event(AudioStart(rate=voice.sample_rate, width=2, channels=1).event())
 
     async def _speak(self, text: str, language: str, start: bool = False, stop: bool = False) -> None:
+        stack = await self.stack()
+        if stack is None:
+            return
         try:
-            tts = self.stack.tts(language)
+            tts = stack.tts(language)
         except ApplianceError as exc:
             await self.write_event(Error(text=str(exc), code="no-voice").event())
             return

@@ -1,20 +1,60 @@
-"""Run the Wyoming STT and TTS servers on their usual ports until cancelled."""
+"""The Wyoming STT and TTS servers, started and stopped together on the caller's event loop.
+
+`WyomingServers` claims no signal (the wyoming library's `run()` takes SIGTERM for each server; we use its
+`start()`/`stop()` instead), so it can live on the supervisor's loop next to the API and the phone; `serve()`
+is the standalone `appliance wyoming`, which stops on SIGTERM or SIGINT.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import signal
+from typing import Any
 
 from wyoming.server import AsyncServer
 
-from appliance.voice.stack import VoiceStack
-from appliance.wyoming.handlers import SttHandler, TtsHandler
+from appliance.wyoming.handlers import StackSource, SttHandler, TtsHandler
 
 
-async def serve(stack: VoiceStack, stt_uri: str, tts_uri: str, allow: list[str]) -> None:
-    stt = AsyncServer.from_uri(stt_uri)
-    tts = AsyncServer.from_uri(tts_uri)
-    await asyncio.gather(
-        stt.run(functools.partial(SttHandler, stack=stack, allow=allow)),
-        tts.run(functools.partial(TtsHandler, stack=stack, allow=allow)),
-    )
+class WyomingServers:
+    def __init__(self, stack: StackSource, stt_uri: str, tts_uri: str, allow: list[str]) -> None:
+        self.stack, self.uris, self.allow = stack, (stt_uri, tts_uri), allow
+        self.sessions: set[Any] = set()
+        self._servers: list[AsyncServer] = []
+
+    async def start(self) -> None:
+        """Listen on both URIs (OSError when an address is taken: nothing is left listening then)."""
+        try:
+            for uri, handler in zip(self.uris, (SttHandler, TtsHandler), strict=True):
+                server = AsyncServer.from_uri(uri)
+                await server.start(functools.partial(handler, stack=self.stack, allow=self.allow,
+                                                     sessions=self.sessions))
+                self._servers.append(server)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop listening and end the open sessions."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await server.stop()
+
+
+async def serve(stack: StackSource, stt_uri: str, tts_uri: str, allow: list[str]) -> None:
+    """Until SIGTERM or SIGINT."""
+    servers = WyomingServers(stack, stt_uri, tts_uri, allow)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await servers.start()
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await servers.stop()
