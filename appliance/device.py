@@ -16,7 +16,7 @@ from appliance.errors import ApplianceError
 from appliance.hw import HardwareReport, ProfileMatch, load_profiles, match_profile, probe
 from appliance.hw.profiles import Candidate
 from appliance.models import Catalog, ModelStore, default_store_path, load_catalog
-from appliance.models.residency import ModelPool
+from appliance.models.residency import Lease, ModelPool, Pinned
 from appliance.runtime import Backend, BackendContext, Selection, make_backends, select
 from appliance.voice.asr import WhisperAsr
 from appliance.voice.endpoint import EndpointOptions
@@ -82,12 +82,21 @@ class Device:
         """Load (once) and keep a model resident for the device's lifetime; its runtime handle."""
         return self._held.enter_context(self.pool.use(model_id)).handle
 
+    def lease(self, model_id: str) -> Lease:
+        """A model loaded now but borrowed per use: memory pressure may unload it while idle (`pool.unload_idle`),
+        and the next use loads it again (a ModelUnavailable then if it no longer can be)."""
+        with self.pool.use(model_id):
+            return Lease(self.pool, model_id, lambda selection: selection.handle)
+
     def voice_stack(self) -> VoiceStack:
-        """Everything provisioned that the voice core can use: ASR, VAD, voices, translators."""
+        """Everything provisioned that the voice core can use: ASR, VAD, voices, translators. Pinned: what a call
+        needs within its first half second (the VAD, the first ASR — English-only when there is one — and the
+        voices); leased, so unloadable under memory pressure: further ASR models and the translators."""
         available = [m for m in self.catalog.models if self.store.is_active(m.id)]
         asr: dict[str, WhisperAsr] = {}
         for entry in sorted((m for m in available if m.kind == "whisper"), key=lambda m: "en" not in m.languages):
-            asr[entry.id] = WhisperAsr(self.hold(entry.id), self.store.resolve(entry.id).file("ct2"))
+            model = Pinned(self.hold(entry.id), entry.id) if not asr else self.lease(entry.id)
+            asr[entry.id] = WhisperAsr(model, self.store.resolve(entry.id).file("ct2"))
         vad = next((m for m in available if m.kind == "silero-vad"), None)
         voices: dict[str, Voice] = {}
         for entry in (m for m in available if m.kind == "piper"):
@@ -95,7 +104,7 @@ class Device:
             voice = PiperVoice(self.hold(entry.id), files.file("onnx", ".onnx.json"))
             voices.setdefault(voice.language, voice)
         translators: list[Translator] = []
-        bergamot = [self.hold(m.id) for m in available if m.kind == "bergamot"]
+        bergamot = [self.lease(m.id) for m in available if m.kind == "bergamot"]
         if bergamot:
             translators.append(BergamotTranslator(bergamot))
         upstream = self.settings.upstream

@@ -142,3 +142,38 @@ def test_voice_settings_reach_the_voice_stack(store: ModelStore, monkeypatch: py
         assert stack.tts("en").first_words == 5
     finally:
         device.close()
+
+
+def test_a_lease_borrows_per_use_and_comes_back_after_an_unload() -> None:
+    from appliance.models.residency import Lease, Pinned
+
+    loader = Loader()
+    pool = ModelPool(loader, lambda m: 10 * MB, 100 * MB)
+    lease = Lease(pool, "whisper")
+    with lease.use() as first:
+        assert pool.unload_idle() == []  # in use: kept
+    assert pool.unload_idle() == ["whisper"] and first.closed
+    with lease.use() as second:
+        assert second is not first and not second.closed
+    assert loader.calls == ["whisper", "whisper"]
+    pinned = Pinned(first)
+    with pinned.use() as handle:
+        assert handle is first
+
+
+def test_memory_pressure_unloads_the_leased_models_and_the_next_use_loads_them_again(device: Device) -> None:
+    """The device's stack pins what a call needs at once (VAD, the English ASR, the voice) and leases the rest:
+    unload_idle (the memory guard's shed) drops the multilingual Whisper and the translators, not the pinned
+    ones; an interpretation after that still works, loading them again."""
+    from appliance.bench.text import normalise
+
+    stack = device.voice_stack()
+    before = set(device.pool.resident())
+    dropped = set(device.pool.unload_idle())
+    pinned = {"whisper-tiny-en", "silero-vad-v6", "piper-en-us-joe-medium"}
+    assert {"whisper-base", "bergamot-en-pt", "bergamot-pt-en"} <= dropped <= before, (dropped, before)
+    assert pinned <= set(device.pool.resident()) and not pinned & dropped
+    loads = device.pool.loads
+    translator = stack.router().route("pt", "en")
+    assert "password" in normalise(translator.translate("Digite sua senha.", "pt", "en"))
+    assert device.pool.loads == loads + 1 and "bergamot-pt-en" in device.pool.resident()

@@ -179,7 +179,7 @@ def test_bench_api_measures_both_paths(stack: VoiceStack) -> None:
 
 
 def test_offers_beyond_capacity_get_503(stack: VoiceStack) -> None:
-    from appliance.webrtc.peer import CapacityError, WebRtcHub
+    from appliance.webrtc.hub import CapacityError, WebRtcHub
 
     async def scenario() -> None:
         hub = WebRtcHub(max_sessions=1)

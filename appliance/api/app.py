@@ -32,7 +32,7 @@ from appliance.api.limits import BodyLimit, RateLimiter, error_body
 from appliance.config.settings import ApiSettings
 from appliance.sip.service import SipService
 from appliance.voice.stack import VoiceStack
-from appliance.webrtc.peer import WebRtcHub
+from appliance.webrtc.hub import WebRtcHub
 
 WARMING_RETRY_S = 5
 KEY_COOKIE = "appliance_key"  # set by the kiosk's sign-in form; the same key as a Bearer token

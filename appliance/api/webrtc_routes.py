@@ -12,7 +12,7 @@ from appliance.api.keys import ApiKey
 from appliance.api.limits import error_body
 from appliance.bot.modes import SessionSpec
 from appliance.errors import ApplianceError
-from appliance.webrtc.peer import CapacityError
+from appliance.webrtc.hub import CapacityError
 
 router = APIRouter(tags=["webrtc"])
 

@@ -1,5 +1,9 @@
 """Residency: models load lazily on first use, are shared by every session, and idle ones are
-unloaded least-recently-used first when the memory budget would be exceeded."""
+unloaded least-recently-used first when the memory budget would be exceeded or memory runs short.
+
+A `Lease` is how the voice core holds a model it may lose while idle: each use borrows it from the pool (loading
+it again if it was unloaded). A `Pinned` model is held for the device's lifetime (what a call needs within its
+first half second: the VAD, the main ASR, the voices) and never unloaded."""
 
 from __future__ import annotations
 
@@ -114,3 +118,26 @@ class ModelPool:
     def resident(self) -> list[str]:
         with self._lock:
             return list(self._resident)
+
+
+class Lease:
+    """A model borrowed from the pool for each use; idle, it may be unloaded, and the next use loads it again."""
+
+    def __init__(self, pool: ModelPool, model_id: str, part: Callable[[Any], Any] = lambda loaded: loaded) -> None:
+        self.pool, self.model_id, self.part = pool, model_id, part  # part: what of the pool's entry users get
+
+    @contextmanager
+    def use(self) -> Iterator[Any]:
+        with self.pool.use(self.model_id) as loaded:
+            yield self.part(loaded)
+
+
+class Pinned:
+    """A model kept loaded (its pool entry is held open by the device): the same interface as a Lease."""
+
+    def __init__(self, handle: Any, model_id: str = "") -> None:
+        self.handle, self.model_id = handle, model_id
+
+    @contextmanager
+    def use(self) -> Iterator[Any]:
+        yield self.handle

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from appliance.errors import ApplianceError
+from appliance.models.residency import Lease, Pinned
 
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100  # Whisper's mel hop is 10 ms
@@ -56,16 +57,20 @@ class AsrResult:
 
 
 class WhisperAsr:
-    """One loaded Whisper model. Thread-safe: CTranslate2 serialises or batches concurrent calls itself."""
+    """One Whisper model, borrowed for each decode from its lease (a `Pinned` or `Lease` of
+    appliance.models.residency; a bare CTranslate2 model is pinned). Thread-safe: CTranslate2 serialises or
+    batches concurrent calls itself."""
 
     def __init__(self, model: Any, model_dir: Path) -> None:
         import tokenizers
         from faster_whisper.feature_extractor import FeatureExtractor
 
-        self.model = model
-        self.multilingual = bool(model.is_multilingual)
+        self.lease = model if isinstance(model, Lease | Pinned) else Pinned(model)
+        with self.lease.use() as loaded:
+            self.multilingual = bool(loaded.is_multilingual)
+            n_mels = loaded.n_mels
         self._hf_tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._features = FeatureExtractor(feature_size=model.n_mels)
+        self._features = FeatureExtractor(feature_size=n_mels)
 
     def _tokenizer(self, task: str, language: str) -> Any:
         from faster_whisper.tokenizer import Tokenizer
@@ -103,24 +108,25 @@ class WhisperAsr:
         import ctranslate2
 
         features = self._window(audio, options, fast)
-        encoded = self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
-        language, language_probability = options.language or "en", 1.0
-        if self.multilingual and options.language is None:
-            token, language_probability = self.model.detect_language(encoded)[0][0]
-            language = token[2:-2]
-        tokenizer = self._tokenizer(options.task, language)
-        prompt = self._prompt(tokenizer, options)
-        duration = len(audio) / SAMPLE_RATE
-        out = self.model.generate(
-            encoded,
-            [prompt],
-            beam_size=options.beam_size,
-            max_length=min(448, int(24 + 12 * duration)),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-        )[0]
+        with self.lease.use() as model:
+            encoded = model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+            language, language_probability = options.language or "en", 1.0
+            if self.multilingual and options.language is None:
+                token, language_probability = model.detect_language(encoded)[0][0]
+                language = token[2:-2]
+            tokenizer = self._tokenizer(options.task, language)
+            prompt = self._prompt(tokenizer, options)
+            duration = len(audio) / SAMPLE_RATE
+            out = model.generate(
+                encoded,
+                [prompt],
+                beam_size=options.beam_size,
+                max_length=min(448, int(24 + 12 * duration)),
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=[-1],
+            )[0]
         ids = [t for t in out.sequences_ids[0] if t < tokenizer.eot]
         text = tokenizer.decode(ids).strip()
         avg_logprob = out.scores[0] / max(1, len(ids) + 1) if out.scores else 0.0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from appliance.errors import ApplianceError
+from appliance.models.residency import Lease, Pinned
 
 
 class UnsupportedPair(ApplianceError):
@@ -32,12 +33,17 @@ class Translator(Protocol):
 
 
 class BergamotTranslator:
-    """One Bergamot model per direction (each a `BergamotModel` from the runtime layer)."""
+    """One Bergamot model per direction (each a `BergamotModel` from the runtime layer), borrowed for each
+    translation from its lease (`Lease` or `Pinned`; a bare model is pinned)."""
 
     label = "bergamot"
 
     def __init__(self, models: Iterable[object]) -> None:
-        self._models = {m.pair: m for m in models}  # type: ignore[attr-defined]
+        self._models: dict[tuple[str, str], Lease | Pinned] = {}
+        for model in models:
+            lease = model if isinstance(model, Lease | Pinned) else Pinned(model)
+            with lease.use() as loaded:
+                self._models[loaded.pair] = lease
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -49,7 +55,8 @@ class BergamotTranslator:
     def translate(self, text: str, source: str, target: str) -> str:
         if not text.strip():
             return ""
-        return str(self._models[(source, target)].translate(text))  # type: ignore[attr-defined]
+        with self._models[(source, target)].use() as model:
+            return str(model.translate(text))
 
 
 @dataclass

@@ -34,10 +34,6 @@ class SdpError(ApplianceError):
     """The offer cannot be answered; the message says why."""
 
 
-class CapacityError(ApplianceError):
-    """Every session slot is taken."""
-
-
 class WebRtcSession:
     def __init__(self, stack: VoiceStack, spec: SessionSpec, on_closed: Callable[[WebRtcSession], None]) -> None:
         self.id = secrets.token_urlsafe(9)
@@ -138,37 +134,3 @@ class WebRtcSession:
         self.speech.stop()
         await self.pc.close()
         self._on_closed(self)
-
-
-class WebRtcHub:
-    """The open sessions, bounded: a new offer beyond ``max_sessions`` is refused rather than starving the rest."""
-
-    def __init__(self, max_sessions: int) -> None:
-        self.max_sessions = max_sessions
-        self.sessions: dict[str, WebRtcSession] = {}
-
-    async def offer(self, stack: VoiceStack, spec: SessionSpec, sdp: str, kind: str) -> WebRtcSession:
-        if len(self.sessions) >= self.max_sessions:
-            raise CapacityError(f"all {self.max_sessions} sessions are in use; retry shortly")
-        session = WebRtcSession(stack, spec, self._forget)
-        self.sessions[session.id] = session
-        try:
-            await session.answer(sdp, kind)
-        except BaseException:
-            await session.close()
-            raise
-        return session
-
-    def _forget(self, session: WebRtcSession) -> None:
-        self.sessions.pop(session.id, None)
-
-    async def hangup(self, session_id: str) -> bool:
-        session = self.sessions.get(session_id)
-        if session is None:
-            return False
-        await session.close()
-        return True
-
-    async def close_all(self) -> None:
-        for session in list(self.sessions.values()):
-            await session.close()
