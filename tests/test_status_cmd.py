@@ -147,13 +147,21 @@ def test_json_is_the_file_plus_alive(tmp_path: Path) -> None:
     assert json.loads(result.stdout) == {**json.loads(path.read_text()), "alive": True}
 
 
-def test_state_dir_follows_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """$STATE_DIRECTORY's first entry, else the folder of the API keys."""
-    settings = Settings(api={"keys_file": tmp_path / "keys" / "api-keys.json"})
+def test_the_state_directory_is_the_data_root_of_every_part(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$STATE_DIRECTORY's first entry (the unit's StateDirectory=), else /var/lib/appliance as root, else the XDG
+    data dir: status.json, the API keys, the model store and the call records all follow it."""
+    from appliance.bot.routing import records_root
+    from appliance.cli.serve_cmd import key_store
+    from appliance.config.paths import data_root
+    from appliance.models import default_store_path
+
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-    assert status_cmd.state_dir(settings) == tmp_path / "keys"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_root() == (Path("/var/lib/appliance") if os.geteuid() == 0 else tmp_path / "xdg" / "appliance")
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}:/var/lib/other")
-    assert status_cmd.state_dir(settings) == tmp_path
+    settings = Settings()
+    assert data_root() == tmp_path and key_store(settings).path == tmp_path / "api-keys.json"
+    assert default_store_path() == tmp_path / "models" and records_root(settings.bot) == tmp_path / "calls"
     write(tmp_path)
     assert invoke().exit_code == 0  # found without --state-dir
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
-
-import platformdirs
 
 from appliance.bot.callbot import flow_app_factory
 from appliance.bot.calls import CallAppFactory, CallInfo, NotReady
 from appliance.bot.flow import EXAMPLE_FLOW, Flow, load_flow
 from appliance.bot.records import CallStore
 from appliance.bot.upstream import LlmClient, UpstreamOptions
+from appliance.config.paths import data_root
 from appliance.config.settings import BotSettings, UpstreamSettings
 from appliance.voice.stack import VoiceStack
 
@@ -20,8 +18,7 @@ from appliance.voice.stack import VoiceStack
 def records_root(settings: BotSettings) -> Path:
     if settings.records_dir is not None:
         return settings.records_dir
-    root = Path("/var/lib/appliance") if os.geteuid() == 0 else Path(platformdirs.user_data_dir("appliance"))
-    return root / "calls"
+    return data_root() / "calls"
 
 
 class FlowRouter:

@@ -73,8 +73,8 @@ def setup_logging(level: str) -> None:
 
 async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None = None,
               options: SupervisorOptions | None = None, notifier: Notifier | None = None) -> int:
-    """Run until SIGTERM (0) or until every service failed (1). ``state_dir`` (systemd's $STATE_DIRECTORY)
-    holds status.json and, unless api.keys_file says otherwise, the API keys."""
+    """Run until SIGTERM (0) or until every service failed (1). ``state_dir`` (`data_root()`: systemd's
+    $STATE_DIRECTORY in the unit) holds status.json and, unless api.keys_file says otherwise, the API keys."""
     from appliance.api.app import ApiServices
     from appliance.api.keys import KeyStore
     from appliance.config import load_settings
@@ -138,9 +138,9 @@ def run_command(ctx: typer.Context) -> None:
     """Run every enabled service (API with kiosk and WebRTC, SIP, Wyoming) under the supervisor until SIGTERM;
     SIGHUP reloads the configuration. What `make run` and the systemd unit start."""
     from appliance.cli.serve_cmd import first_key, key_store
-    from appliance.cli.status_cmd import state_dir
+    from appliance.config.paths import data_root
 
     state: CliState = ctx.obj
     keys = key_store(state.settings)
     first_key(keys)
-    raise typer.Exit(asyncio.run(run(state.config_path, state_dir(state.settings), keys=keys)))
+    raise typer.Exit(asyncio.run(run(state.config_path, data_root(), keys=keys)))

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import platformdirs
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +9,7 @@ from rich.table import Table
 from appliance.api.keys import KeyStore
 from appliance.cli.state import CliState
 from appliance.config import Settings
+from appliance.config.paths import data_root
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
 console = Console()
@@ -21,8 +18,7 @@ console = Console()
 def key_store(settings: Settings) -> KeyStore:
     path = settings.api.keys_file
     if path is None:
-        root = Path("/var/lib/appliance") if os.geteuid() == 0 else Path(platformdirs.user_data_dir("appliance"))
-        path = root / "api-keys.json"
+        path = data_root() / "api-keys.json"
     return KeyStore(path)
 
 

@@ -22,10 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from appliance.cli.state import CliState
-
 if TYPE_CHECKING:
-    from appliance.config import Settings
+    pass
 
 OK, DEGRADED, NOT_RUNNING, UNREADABLE = 0, 1, 3, 4
 STATUS_FILE = "status.json"
@@ -51,14 +49,6 @@ class Snapshot:
 class Verdict:
     code: int  # the command's exit code
     summary: str  # one line
-
-
-def state_dir(settings: Settings) -> Path:
-    """Where `appliance run` keeps status.json (and, unless api.keys_file says otherwise, the API keys): the
-    first entry of systemd's $STATE_DIRECTORY, else the folder of the API key store."""
-    from appliance.cli.serve_cmd import key_store
-
-    return Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or key_store(settings).path.parent)
 
 
 def pid_alive(pid: int) -> bool:
@@ -226,15 +216,16 @@ def status(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help='The status file plus "alive" as JSON on stdout.'),
     directory: Path | None = typer.Option(
-        None, "--state-dir", help="Where `appliance run` writes status.json (default: $STATE_DIRECTORY, else the "
-                                  "API keys' folder)."),
+        None, "--state-dir", help="Where `appliance run` writes status.json (default: $STATE_DIRECTORY, else "
+                                  "/var/lib/appliance as root, else ~/.local/share/appliance)."),
 ) -> None:
     """State of the running appliance (`appliance run`): every service's state, restarts, pid, address and last
     error, live calls, models and memory. Exit 0 when running with every service ready, 1 when degraded
     (a service not ready or failed, new work refused, starting or stopping), 3 when not running, 4 when the
     status file cannot be read."""
-    cli: CliState = ctx.obj
-    path = (directory or state_dir(cli.settings)) / STATUS_FILE
+    from appliance.config.paths import data_root
+
+    path = (directory or data_root()) / STATUS_FILE
     try:
         data, written = read_status(path)
     except FileNotFoundError:

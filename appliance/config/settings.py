@@ -27,8 +27,8 @@ class HardwareSettings(_Section):
 class ModelsSettings(_Section):
     store: Path | None = Field(
         None,
-        description="Content-addressed model store; default /var/lib/appliance/models as root, "
-        "else $XDG_DATA_HOME/appliance/models.",
+        description="Content-addressed model store; default DATA/models ($STATE_DIRECTORY, else "
+        "/var/lib/appliance as root, else $XDG_DATA_HOME/appliance).",
     )
     catalog: Path | None = Field(
         None, description="Model catalog YAML; default: models/catalog.yaml shipped with the code."
@@ -81,7 +81,7 @@ class ApiSettings(_Section):
     rate_per_minute: int = Field(120, gt=0, description="Requests per minute per API key (bursts as large).")
     max_sessions: int = Field(16, ge=1, le=1000, description="Live WebRTC sessions at once; more get 503.")
     keys_file: Path | None = Field(
-        None, description="Hashed API keys; default /var/lib/appliance/api-keys.json as root, else XDG data dir."
+        None, description="Hashed API keys; default DATA/api-keys.json (see models.store)."
     )
 
 
@@ -165,8 +165,8 @@ class BotSettings(_Section):
     )
     records_dir: Path | None = Field(
         None,
-        description="Call records (JSON and WAV, one directory per call); default /var/lib/appliance/calls as "
-        "root, else $XDG_DATA_HOME/appliance/calls.",
+        description="Call records (JSON and WAV, one directory per call); default DATA/calls (see "
+        "models.store).",
     )
     record_audio: bool = Field(
         False, description="Record both sides of every call as a stereo WAV (tell callers in the greeting)."

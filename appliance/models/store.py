@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import platformdirs
-
+from appliance.config.paths import data_root
 from appliance.errors import ApplianceError
 from appliance.models.catalog import FileEntry, ModelEntry, Source
 
@@ -34,9 +33,7 @@ class StoreError(ApplianceError):
 
 
 def default_store_path() -> Path:
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return Path("/var/lib/appliance/models")
-    return Path(platformdirs.user_data_dir("appliance")) / "models"
+    return data_root() / "models"
 
 
 @dataclass
