@@ -480,3 +480,32 @@ def test_g711_rejects_wrong_dtypes() -> None:
         ulaw_encode(np.zeros(4, np.float32))
     with pytest.raises(AudioError, match="uint8"):
         alaw_decode(np.zeros(4, np.int16))
+
+
+def test_pcm_queue_wakes_every_waiter_when_a_thread_takes_the_last_speech_or_it_is_flushed() -> None:
+    import asyncio
+    import threading
+
+    from appliance.audio.queue import PcmQueue
+
+    async def main() -> None:
+        queue = PcmQueue()
+        await asyncio.wait_for(queue.emptied(), 1)  # nothing queued: at once
+        queue.push(np.full(480, 0.5, np.float32))
+        waiters = [asyncio.create_task(queue.emptied()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        threading.Thread(target=queue.take, args=(320,)).start()  # part of it: still queued
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in waiters)
+        threading.Thread(target=queue.take, args=(320,)).start()  # the rest, from another thread
+        await asyncio.wait_for(asyncio.gather(*waiters), 1)
+        queue.push(np.full(480, 0.5, np.float32))
+        flushed = asyncio.create_task(queue.emptied())
+        await asyncio.sleep(0.05)
+        cancelled = asyncio.create_task(queue.emptied())
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        queue.flush()  # barge-in
+        await asyncio.wait_for(flushed, 1)
+
+    asyncio.run(main())

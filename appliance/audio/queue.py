@@ -1,10 +1,12 @@
 """Speech waiting to be played: int16 chunks taken in fixed-size frames, padded with silence when short.
 
 Safe across threads (a sound card's callback takes while the event loop pushes); ``flush`` drops it all
-(barge-in); ``on_drained`` is called, from the taking thread, when the last queued speech has been taken."""
+(barge-in); ``on_drained`` is called, from the taking thread, when the last queued speech has been taken, and
+``emptied()`` lets any number of coroutines wait for that moment (or a flush)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +20,7 @@ class PcmQueue:
     def __init__(self, on_drained: Callable[[], None] | None = None) -> None:
         self._chunks: deque[np.ndarray] = deque()
         self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.on_drained = on_drained
 
     def push(self, audio: np.ndarray) -> None:
@@ -32,6 +35,18 @@ class PcmQueue:
     def flush(self) -> None:
         with self._lock:
             self._chunks.clear()
+            waiters, self._waiters = self._waiters, []
+        _wake(waiters)
+
+    async def emptied(self) -> None:
+        """Until everything queued so far has been taken (or flushed)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._chunks:
+                return
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, future))
+        await future
 
     def take(self, n: int) -> np.ndarray:
         """``n`` samples: queued speech, then silence."""
@@ -49,6 +64,18 @@ class PcmQueue:
                 else:
                     self._chunks[0] = chunk[take:]
             drained = had and not self._chunks
+            waiters, self._waiters = (self._waiters, []) if drained else ([], self._waiters)
+        _wake(waiters)
         if drained and self.on_drained is not None:
             self.on_drained()
         return out
+
+
+def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    for loop, future in waiters:  # from whichever thread took the audio
+        loop.call_soon_threadsafe(_settle, future)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiter may have been cancelled meanwhile
+        future.set_result(None)

@@ -162,8 +162,7 @@ class FlowCallApp:
     async def _played(self) -> None:
         """Until everything said so far has been synthesised and played into the call."""
         await self.conversation.drained()
-        while not self.speaker.empty():
-            await asyncio.sleep(0.02)
+        await self.speaker.emptied()
 
     async def _no_input_after_playout(self, listen: Listen) -> None:
         await self._played()

@@ -91,18 +91,11 @@ class Announcement:
         self._task = asyncio.create_task(self._say())
 
     async def _say(self) -> None:
-        loop = asyncio.get_running_loop()
-        pushed_all = False
-
-        def drained() -> None:  # called from whichever thread takes the audio; between chunks too
-            if pushed_all:
-                loop.call_soon_threadsafe(self.played.set)
-        self.speaker.on_drained = drained
         async for chunk in self.tts.stream(self.text):
             self.speaker.push(chunk.audio)
-        pushed_all = True
         self.speaker.push(np.zeros(self.rate // 5, np.int16))  # 200 ms of silence: its draining ends the speech
-        await self.played.wait()
+        await self.speaker.emptied()
+        self.played.set()
         await self.control.hangup("announcement played")
 
     async def feed(self, samples: np.ndarray) -> None:
