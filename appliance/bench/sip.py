@@ -175,13 +175,7 @@ def _echo_factory(stack: VoiceStack, probes: dict[int, _Probe]) -> CallAppFactor
         match = re.search(r"caller(\d+)@", control.info.caller)
         assert match, control.info.caller  # only the bench's scenarios call
         probes[int(match.group(1))] = probe
-        media, forward = control.media, control.media.on_audio
-
-        def on_audio(samples: np.ndarray) -> None:
-            probe.heard(samples)
-            forward(samples)
-
-        media.on_audio, media.on_talkspurt = on_audio, probe.spoke
+        control.media.on_heard, control.media.on_talkspurt = probe.heard, probe.spoke
         return ModeCallApp(stack, SessionSpec(mode="echo"), speaker, rate, probe.event)
 
     return make

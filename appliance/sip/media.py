@@ -8,8 +8,9 @@ peer) without rebinding; ``await session.stop()`` sends RTCP BYE and ends every 
 Audio is 16 kHz mono both ways, whatever the codec: push speech (float or int16) into ``session.speaker``;
 ``on_audio`` gets one ptime frame of 16 kHz int16 every ptime, from the first audio packet received on (losses
 concealed). ``session.on_talkspurt``, if set, gets the loop time at which each talkspurt went out (a packet with
-the marker bit that carries speech: the first sound of an answer). Callbacks are plain functions called on the
-event loop: they must not block.
+the marker bit that carries speech: the first sound of an answer); ``session.on_heard``, if set, gets each frame
+just before ``on_audio`` does (a tap for measurements, e.g. `appliance bench sip`). Callbacks are plain
+functions called on the event loop: they must not block.
 
 Symmetric RTP (RFC 4961): the first valid RTP packet latches the peer's address; from then on RTP goes there,
 not to the SDP's address, and other sources are ignored, except a new SSRC from the latched address (the peer
@@ -212,6 +213,7 @@ class RtpSession:
         self.on_audio, self.on_dtmf, self.options = on_audio, on_dtmf, options
         self.speaker = PcmQueue()  # 16 kHz mono speech to send
         self.on_talkspurt: Callable[[float], None] | None = None  # see the module docstring
+        self.on_heard: AudioHandler | None = None  # likewise
         self._ssrc, self._seq, self._timestamp = secrets.randbits(32), secrets.randbits(16), secrets.randbits(32)
         self._negotiated: Negotiated | None = None
         self._encoder: Codec | None = None
@@ -433,7 +435,10 @@ class RtpSession:
             pcm = self._concealer.good(decoder.decode(packet.payload))
         else:
             pcm = self._concealer.missing(decoder.rate * negotiated.ptime // 1000)
-        _call(self.on_audio, self._up.process(pcm))
+        frame = self._up.process(pcm)
+        if self.on_heard is not None:
+            _call(self.on_heard, frame)
+        _call(self.on_audio, frame)
 
     def _retire_source(self) -> None:
         if self._source is not None:
