@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio19-dev chromium sip-tester \
 	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es \
-	kamailio baresip-core
+	kamailio baresip-core debootstrap systemd-container
 PYTEST_ARGS ?=
 
 .PHONY: run test setup system venv converter models check clean
