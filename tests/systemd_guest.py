@@ -1,6 +1,6 @@
 """A Debian 12 guest with a real systemd as PID 1, booted by systemd-nspawn, for tests of the unit files.
 
-``ensure_rootfs()`` debootstraps a minimal bookworm with systemd, python3 and procps once into a cache folder
+``ensure_rootfs()`` debootstraps a minimal bookworm with systemd and python3 once into a cache folder
 keyed by the suite and the package list (built in a temporary folder, then renamed). ``boot()`` starts it with
 ``--volatile=overlay`` (every boot starts from the pristine tree; nothing is written to the cache), its own
 network namespace and the given read-only binds, and waits until the guest's systemd has finished booting.
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SUITE = "bookworm"
-# systemd as PID 1; python3 runs the appliance's code; procps gives /bin/kill (the unit's ExecReload).
-PACKAGES = ("systemd", "systemd-sysv", "python3", "procps")
+# systemd as PID 1; python3 runs the appliance's code. No procps: the unit must not need /bin/kill.
+PACKAGES = ("systemd", "systemd-sysv", "python3")
 MIRROR = os.environ.get("APPLIANCE_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 CACHE = Path(os.environ.get("APPLIANCE_TEST_CACHE", "/var/cache/appliance-tests"))
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -122,14 +122,14 @@ class Guest:
         return self.console.read_text(errors="replace")[-chars:] if self.console.exists() else ""
 
 
-def _leader(nspawn: int, deadline: float) -> int | None:
-    """The guest's PID 1: nspawn's child once it runs systemd."""
-    while time.monotonic() < deadline:
+def _leader(nspawn: subprocess.Popen[bytes], deadline: float) -> int | None:
+    """The guest's PID 1: nspawn's child once it runs systemd (None if nspawn exits first)."""
+    while time.monotonic() < deadline and nspawn.poll() is None:
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError):
                 text = stat.read_text()
                 comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-                if int(rest[1]) == nspawn and comm == "systemd":
+                if int(rest[1]) == nspawn.pid and comm == "systemd":
                     return int(stat.parent.name)
         time.sleep(0.1)
     return None
@@ -154,9 +154,9 @@ def boot(rootfs: Path, binds: Sequence[Bind], console: Path, name: str,
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + boot_timeout_s
     try:
-        leader = _leader(process.pid, deadline)
+        leader = _leader(process, deadline)
         if leader is None:
-            raise GuestError(f"no systemd in the guest after {boot_timeout_s:.0f} s (nspawn "
+            raise GuestError(f"no systemd in the guest within {boot_timeout_s:.0f} s (nspawn "
                              f"{'exited ' + str(process.returncode) if process.poll() is not None else 'running'})"
                              f": {' '.join(command)}\n{console.read_text(errors='replace')[-4000:]}")
         guest = Guest(process, leader, console)

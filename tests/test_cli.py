@@ -97,3 +97,22 @@ def test_models_pull_list_verify(tmp_path: Path, tflite_store: ModelStore) -> No
     assert verified.returncode == 1 and "corrupted" in verified.stdout and "pull --force" in verified.stdout
     unknown = appliance("models", "pull", "whisper-huge", env=env)
     assert unknown.returncode == 2 and "unknown model 'whisper-huge'" in unknown.stderr
+
+
+def test_the_first_api_key_is_printed_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Under systemd stdout is the journal: no key is made there (nobody could read it but the journal)."""
+    from appliance.api.keys import KeyStore
+    from appliance.cli.serve_cmd import first_key
+
+    keys = KeyStore(tmp_path / "keys.json")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    first_key(keys)
+    assert keys.list() == [] and "appliance keys create" in capsys.readouterr().out
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    first_key(keys)
+    (key,) = keys.list()
+    token = capsys.readouterr().out.split()[-1]
+    assert keys.check(token) == (key, "")
+    first_key(keys)  # one is enough
+    assert len(keys.list()) == 1 and capsys.readouterr().out == ""

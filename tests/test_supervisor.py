@@ -505,6 +505,10 @@ records_dir = "{tmp_path / 'calls'}"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         assert listener.fields("STOPPING") and status()["state"] == "stopped"
+        output = proc.stdout.read() if proc.stdout else ""
+        assert output.count("the appliance is ready") == 1, output  # once, not again after the reload
+        assert f"kiosk page   http://127.0.0.1:{api_port}/kiosk" in output
+        assert f"sip:<number>@{first['services']['sip']['listen']}" in output
     finally:
         if proc.poll() is None:
             proc.kill()

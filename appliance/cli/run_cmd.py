@@ -60,6 +60,28 @@ class ApplianceGraph:
         return self.supervisor.status() if self.supervisor is not None else {}
 
 
+def where(status: dict[str, Any], settings: Settings) -> str:
+    """Where each running service listens, for people: printed once the appliance is READY."""
+    services = status.get("services", {})
+    lines = []
+    api = services.get("api", {}).get("listen")
+    if api:
+        host, _, port = api.rpartition(":")
+        shown = host if host not in ("0.0.0.0", "::", "") else "<this device>"
+        lines += [f"kiosk page   http://{shown}:{port}/kiosk", f"HTTP API     http://{shown}:{port}/v1/… "
+                  "(Bearer API key; GET /health is open)"]
+    if services.get("sip", {}).get("listen"):
+        lines.append(f"SIP          sip:<number>@{services['sip']['listen']} (UDP and TCP), RTP "
+                     f"{settings.sip.rtp_port_min}-{settings.sip.rtp_port_max}/udp")
+    if "wyoming" in services:
+        lines.append(f"Wyoming      {settings.wyoming.stt_uri} (speech-to-text), {settings.wyoming.tts_uri} "
+                     "(text-to-speech)")
+    failed = [name for name, unit in services.items() if unit.get("state") == "failed"]
+    if failed:
+        lines.append(f"failed       {', '.join(failed)} (see the log; `appliance status`)")
+    return "\n".join(["the appliance is ready (models warm in the background):", *(f"  {line}" for line in lines)])
+
+
 def setup_logging(level: str) -> None:
     """The journal (structured fields) when stderr goes to it, else stderr as configured by the CLI."""
     root = logging.getLogger()
@@ -120,7 +142,11 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
         await models.warm()
         services.stack, services.warm_error = models.stack, models.error
 
-    background = [asyncio.create_task(warm(), name="models-warm")]
+    async def announce() -> None:
+        await supervisor.ready.wait()
+        print(where(supervisor.status(), settings), flush=True)
+
+    background = [asyncio.create_task(warm(), name="models-warm"), asyncio.create_task(announce())]
     if settings.supervisor.memory_guard:
         background.append(asyncio.create_task(guard.run(), name="memory-guard"))
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,10 +25,15 @@ def key_store(settings: Settings) -> KeyStore:
 
 
 def first_key(keys: KeyStore) -> None:
-    """Create and print a first API key when there is none (shown once; only its hash is stored)."""
-    if not keys.list():
-        _, token = keys.create("first key")
-        console.print(f"[bold]first API key[/] (shown once, stored hashed in {keys.path}):\n{token}")
+    """Create and print a first API key when there is none (shown once; only its hash is stored) — on a terminal
+    only: under systemd stdout goes to the journal, where a secret must not be written."""
+    if keys.list():
+        return
+    if not sys.stdout.isatty():
+        console.print(f"no API key yet: create one with `appliance keys create NAME` (stored hashed in {keys.path})")
+        return
+    _, token = keys.create("first key")
+    console.print(f"[bold]first API key[/] (shown once, stored hashed in {keys.path}):\n{token}")
 
 
 def serve(

@@ -62,6 +62,7 @@ class Supervisor:
         self.order: list[str] = []
         self.all_failed = asyncio.Event()
         self.ready_at: float | None = None
+        self.ready = asyncio.Event()  # set with READY=1
         self._refusing: set[str] = set()
         self._dirty = asyncio.Event()
         self._stopping = False
@@ -106,6 +107,7 @@ class Supervisor:
             text = self.status_text()
             if self.ready_at is None and self.units and all(u.settled.is_set() for u in self.units.values()):
                 self.ready_at = time.monotonic()
+                self.ready.set()
                 self.notifier.ready(text)
                 log.info("ready: %s", text)
             elif text != last_text:
