@@ -17,7 +17,7 @@ from appliance.hw import HardwareReport, ProfileMatch, load_profiles, match_prof
 from appliance.hw.profiles import Candidate
 from appliance.models import Catalog, ModelStore, default_store_path, load_catalog
 from appliance.models.residency import Lease, ModelPool, Pinned
-from appliance.runtime import Backend, BackendContext, Selection, make_backends, select
+from appliance.runtime import Backend, BackendContext, Selection, allocator, make_backends, select
 from appliance.voice.asr import WhisperAsr
 from appliance.voice.endpoint import EndpointOptions
 from appliance.voice.mt import BergamotTranslator, Translator, UpstreamTranslator
@@ -46,6 +46,7 @@ class Device:
 
     @classmethod
     def open(cls, settings: Settings) -> Device:
+        allocator.tune()  # before any runtime loads
         report = probe(settings.hw.root)
         match = match_profile(report, load_profiles(settings.hw.profiles_dir), settings.hw.profile)
         threads = settings.runtime.threads or max(1, min(match.profile.threads, os.cpu_count() or 1))
@@ -118,6 +119,7 @@ class Device:
             except ModelUnavailable as exc:  # the WebRTC VAD needs no model: degrade, say why
                 log.warning("Silero VAD unavailable, using WebRTC VAD: %s", exc)
         conf = self.settings.voice
+        allocator.trim()  # what loading and the smoke inferences freed
         return VoiceStack(asr, vad_session, voices, translators, vad_kind=conf.vad,
                           endpoint=EndpointOptions(hangover_ms=conf.hangover_ms),
                           partial_interval_s=conf.partial_interval_s, tts_first_words=conf.tts_first_words)

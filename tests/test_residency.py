@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -177,3 +178,23 @@ def test_memory_pressure_unloads_the_leased_models_and_the_next_use_loads_them_a
     translator = stack.router().route("pt", "en")
     assert "password" in normalise(translator.translate("Digite sua senha.", "pt", "en"))
     assert device.pool.loads == loads + 1 and "bergamot-pt-en" in device.pool.resident()
+
+
+def test_the_allocator_is_tuned_without_overriding_the_operator_and_trims(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.runtime import allocator
+
+    monkeypatch.setenv("MKL_DISABLE_FAST_MM", "0")  # the operator's choice
+    monkeypatch.delenv("MIMALLOC_ALLOW_THP", raising=False)
+    allocator.tune()
+    assert os.environ["MKL_DISABLE_FAST_MM"] == "0" and os.environ["MIMALLOC_ALLOW_THP"] == "0"
+    def rss_mib() -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+    # 80 MiB in 4 KiB blocks: glibc's heap (below its mmap threshold), kept by malloc after free
+    garbage = [bytearray(4096) for _ in range(20_000)]
+    garbage.append(bytearray(4096))  # a live block at the top: only a trim, not free(), can release what is below
+    before = rss_mib()
+    del garbage[:-1]
+    assert allocator.trim() is True
+    assert rss_mib() < before - 40, (before, rss_mib())

@@ -3,6 +3,7 @@ rejections; the runtimes that cannot run here report why."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -192,7 +193,11 @@ def test_a_broken_model_file_is_rejected_not_fatal(tmp_path: Path, store: ModelS
     broken.write_bytes(b"this is not an onnx model" * 100)
     fake = ModelFiles("speaker-embedder", "speaker-embedder", "speaker", "x", {"onnx": {"model.onnx": broken}},
                       {"onnx/model.onnx": "0" * 64})
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers), list(root.filters))
     selection = select(fake, cands("onnxruntime:cpu", "openvino:CPU"), backends)
     assert selection.winner is None
     assert all("could not load speaker-embedder" in a.reason for a in selection.attempts)
+    # OpenVINO's converter sets the root logger to ERROR on every call: the backend puts it back
+    assert (root.level, list(root.handlers), list(root.filters)) == before
     assert files.model_id == "speaker-embedder"

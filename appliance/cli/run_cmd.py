@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_GRACE_S = 20.0
+TRIM_EVERY_S = 30.0
 
 
 @dataclass
@@ -101,6 +102,7 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
     from appliance.api.keys import KeyStore
     from appliance.config import load_settings
     from appliance.device import Device
+    from appliance.runtime import allocator
 
     settings = await asyncio.to_thread(load_settings, settings_path)
     setup_logging(settings.log.level)
@@ -123,6 +125,7 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
     async def shed(reason: str) -> None:
         supervisor.refuse("memory", True)
         dropped = await asyncio.to_thread(device.pool.unload_idle)
+        await asyncio.to_thread(allocator.trim)
         log.warning("memory pressure (%s): new calls refused, idle models unloaded: %s", reason,
                     ", ".join(dropped) or "none idle")
 
@@ -146,7 +149,13 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
         await supervisor.ready.wait()
         print(where(supervisor.status(), settings), flush=True)
 
-    background = [asyncio.create_task(warm(), name="models-warm"), asyncio.create_task(announce())]
+    async def trim() -> None:  # hand what calls and sessions freed back to the kernel
+        while True:
+            await asyncio.sleep(TRIM_EVERY_S)
+            await asyncio.to_thread(allocator.trim)
+
+    background = [asyncio.create_task(warm(), name="models-warm"), asyncio.create_task(announce()),
+                  asyncio.create_task(trim(), name="memory-trim")]
     if settings.supervisor.memory_guard:
         background.append(asyncio.create_task(guard.run(), name="memory-guard"))
     try:

@@ -54,6 +54,9 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = self.ctx.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # No arena: it keeps every activation buffer ever needed (Piper: 89 → 186 MiB after some syntheses) for
+        # no measurable speed here; see appliance/runtime/allocator.py.
+        options.enable_cpu_mem_arena = False
         try:
             session = ort.InferenceSession(
                 str(model.file(variant, ".onnx")), sess_options=options, providers=[provider]

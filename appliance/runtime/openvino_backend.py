@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +69,13 @@ class OpenVinoBackend(Backend):
     def _ir(self, ov: Any, onnx_path: Path, sha: str) -> Any:
         """The model as OpenVINO IR: converted once, then read back from the store's cache."""
         if self.ctx.cache is None:
-            return ov.convert_model(str(onnx_path))
+            with _root_logging_kept():
+                return ov.convert_model(str(onnx_path))
 
         def build(directory: Path) -> None:
-            ov.save_model(ov.convert_model(str(onnx_path)), str(directory / "model.xml"))
+            with _root_logging_kept():
+                model = ov.convert_model(str(onnx_path))
+            ov.save_model(model, str(directory / "model.xml"))
 
         directory = self.ctx.cache("openvino", sha, build)
         return self.core().read_model(str(directory / "model.xml"))
@@ -90,3 +96,16 @@ class OvSession:
 
     def close(self) -> None:
         self._compiled = None
+
+
+@contextlib.contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """OpenVINO's converter (ovc's init_logger) sets the root logger to ERROR and adds its own filter and handler
+    on every call: that would silence the appliance's warnings for the rest of the process. Put them back."""
+    root = logging.getLogger()
+    level, handlers, filters = root.level, list(root.handlers), list(root.filters)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:], root.filters[:] = handlers, filters
