@@ -175,6 +175,14 @@ def test_watchdog_pings_keep_it_running(guest: Guest) -> None:
           f"still pid {after['MainPID']}")
 
 
+def restarted(guest: Guest, before: dict[str, str]) -> tuple[dict[str, str], float]:
+    """Until systemd has restarted the unit once more and it is active under a new pid."""
+    restarts = int(before["NRestarts"]) + 1
+    return wait_for(guest, f"restarted ({restarts}) and active with a new pid",
+                    lambda s: s["ActiveState"] == "active" and int(s["NRestarts"]) == restarts
+                    and s["MainPID"] not in ("0", before["MainPID"]), 60)
+
+
 def test_a_frozen_process_is_killed_by_the_watchdog_and_restarted(guest: Guest) -> None:
     now = started(guest)
     t0 = time.monotonic()
@@ -183,10 +191,7 @@ def test_a_frozen_process_is_killed_by_the_watchdog_and_restarted(guest: Guest) 
         _, waited = wait_for(guest, "a watchdog timeout", lambda s: s["Result"] == "watchdog", WATCHDOG_S + 10)
     finally:
         guest.run("sh", "-c", f"kill -CONT {now['MainPID']}", check=False)  # lets the pending SIGABRT end it
-    restarts = int(now["NRestarts"]) + 1
-    after, _ = wait_for(guest, f"restarted ({restarts}) and active with a new pid",
-                        lambda s: s["ActiveState"] == "active" and int(s["NRestarts"]) == restarts
-                        and s["MainPID"] not in ("0", now["MainPID"]), 60)
+    after, _ = restarted(guest, now)
     print(f"watchdog: SIGSTOP -> timeout noticed {waited:.2f} s (WatchdogSec={WATCHDOG_S}), "
           f"-> active again {time.monotonic() - t0:.2f} s after the SIGSTOP")
     assert "api ready" in after["StatusText"], after
@@ -206,10 +211,7 @@ def test_kill_9_is_restarted_by_systemd(guest: Guest) -> None:
     now = started(guest)
     t0 = time.monotonic_ns() // 1000
     guest.run("sh", "-c", f"kill -9 {now['MainPID']}")
-    restarts = int(now["NRestarts"]) + 1
-    after, polled = wait_for(guest, f"restarted ({restarts}) and active with a new pid",
-                             lambda s: s["ActiveState"] == "active" and int(s["NRestarts"]) == restarts
-                             and s["MainPID"] not in ("0", now["MainPID"]), 60)
+    after, polled = restarted(guest, now)
     # the host and the guest share CLOCK_MONOTONIC (no time namespace)
     print(f"kill -9 -> active again: {(int(after['ActiveEnterTimestampMonotonic']) - t0) / 1e6:.2f} s "
           f"(polled {polled:.2f} s; pid {now['MainPID']} -> {after['MainPID']}, NRestarts {after['NRestarts']})")
