@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from appliance.cli.services import ApiService, Models, SipTask, WyomingTask
+from appliance.cli.services import ApiService, Models, SipTask, WyomingTask, exit_now
 from appliance.cli.state import CliState
 from appliance.supervisor.graph import API, SIP, WYOMING, GraphError, ServiceSpec, needs_process_restart, plan
 from appliance.supervisor.journal import journal_handler
@@ -178,4 +178,6 @@ def run_command(ctx: typer.Context) -> None:
     state: CliState = ctx.obj
     keys = key_store(state.settings)
     first_key(keys)
-    raise typer.Exit(asyncio.run(run(state.config_path, data_root(), keys=keys)))
+    code = asyncio.run(run(state.config_path, data_root(), keys=keys))
+    exit_now(code)
+    raise typer.Exit(code)

@@ -13,6 +13,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 10
 WARM_WAIT_S = 5.0  # how long a Wyoming request waits for warming models before it is told to retry
+WARM_THREAD = "models-warm"
 
 
 class Models:
@@ -50,9 +54,24 @@ class Models:
         return self.stack
 
     async def warm(self) -> None:
+        """Build the stack in a daemon thread of its own (``WARM_THREAD``), not the loop's executor: a SIGTERM
+        while the models load (seconds) must not wait for them — asyncio.run would join every executor thread
+        before exiting. The entry point then leaves with os._exit (see `exit_now`)."""
+        loop = asyncio.get_running_loop()
+        built: asyncio.Future[VoiceStack] = loop.create_future()
+
+        def build() -> None:
+            try:
+                stack = self._build()
+            except Exception as exc:  # reported in the status and as 503s, never fatal
+                _resolve(loop, built, None, exc)
+            else:
+                _resolve(loop, built, stack, None)
+
+        threading.Thread(target=build, name=WARM_THREAD, daemon=True).start()
         try:
-            self.stack = await asyncio.to_thread(self._build)
-        except Exception as exc:  # reported in the status and as 503s, never fatal
+            self.stack = await built
+        except Exception as exc:
             self.error = str(exc)
             log.error("the voice models could not be loaded: %s", exc)
         finally:
@@ -71,6 +90,29 @@ class Models:
 
     def note(self) -> str:
         return "models ready" if self.stack else f"models failed: {self.error}" if self.error else "models warming"
+
+
+def exit_now(code: int) -> None:
+    """Exit at once if the models are still loading: the interpreter's normal teardown would run while a
+    runtime initialises in the loading thread, and ONNX Runtime aborts then (SIGABRT, a core dump under
+    systemd). Everything of ours has been stopped and flushed by now; logs are flushed here."""
+    if any(t.name == WARM_THREAD and t.is_alive() for t in threading.enumerate()):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any,
+             error: BaseException | None) -> None:
+    """Settle ``future`` from another thread; nothing to do once the loop has closed (we are exiting)."""
+
+    def settle() -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(value)
+
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+        loop.call_soon_threadsafe(settle)
 
 
 class Gate:
