@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio19-dev chromium sip-tester \
 	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es \
-	kamailio baresip-core debootstrap systemd-container
+	kamailio baresip-core debootstrap systemd-container libsystemd-dev pkg-config
 PYTEST_ARGS ?=
 
 .PHONY: run test setup system venv converter models check clean
@@ -42,7 +42,7 @@ venv: $(STAMP)
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[runtimes,models,audio,dev]'
+	$(BIN)/pip install -q -e '.[runtimes,models,audio,systemd,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

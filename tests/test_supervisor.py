@@ -226,6 +226,23 @@ def test_notify_reaches_a_real_socket(abstract: bool) -> None:
         lst.close()
 
 
+@pytest.mark.parametrize("abstract", [False, True])
+def test_notify_through_systemd_python_reaches_a_real_socket(abstract: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the process's own environment the notifier uses libsystemd's sd_notify (systemd-python, which
+    `make` installs); the same datagrams arrive."""
+    lst = Listener(abstract)
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", lst.env_value)
+        notifier = Notifier()
+        assert notifier._library is not None, "systemd-python is not installed (pip install -e '.[systemd]')"
+        assert notifier.ready("api ready") and notifier.watchdog() and notifier.stopping("draining 1 call")
+        wait_until(lambda: len(lst.messages) == 3, 2, "three datagrams")
+        assert [m for _, m in lst.messages] == ["READY=1\nSTATUS=api ready", "WATCHDOG=1",
+                                                "STOPPING=1\nSTATUS=draining 1 call"]
+    finally:
+        lst.close()
+
+
 def test_notify_is_a_no_op_without_systemd_and_reads_the_watchdog() -> None:
     assert not Notifier({}).ready() and Notifier({}).watchdog_interval() is None
     assert Notifier({"NOTIFY_SOCKET": "/nonexistent/socket"}).ready() is False  # never raises

@@ -224,6 +224,8 @@ def test_journal_has_structured_fields(guest: Guest) -> None:
     records = [json.loads(line) for line in out.splitlines() if line.strip()]
     services = {r["SERVICE"] for r in records if "SERVICE" in r}
     assert "api" in services, f"no SERVICE=api among {len(records)} records: {services}"
+    # written by systemd-python's JournalHandler (make installs it), which adds PROCESS_NAME; our fallback does not
+    assert all("PROCESS_NAME" in r and r.get("SYSLOG_IDENTIFIER") == "appliance" for r in records if "SERVICE" in r)
     filtered = guest.run("journalctl", "-u", UNIT, "SERVICE=sip", "-o", "cat", "--no-pager").stdout
     assert "sip" in filtered, filtered
 
