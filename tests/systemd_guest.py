@@ -189,5 +189,13 @@ def _power_off(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> Non
             process.wait(10)
 
 
+def namespaces_denied() -> str | None:
+    """Why this host cannot give a container its own namespaces (a container run without CAP_SYS_ADMIN, or
+    with user namespaces only), or None. A property of the host, checked before anything of ours runs."""
+    done = subprocess.run(["unshare", "--mount", "--pid", "--uts", "--ipc", "--net", "--fork", "true"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    return None if done.returncode == 0 else (done.stderr.strip() or f"unshare exited {done.returncode}")
+
+
 def missing_tools() -> list[str]:
     return [tool for tool in ("debootstrap", "systemd-nspawn", "nsenter") if shutil.which(tool) is None]

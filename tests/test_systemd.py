@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.systemd_guest import Bind, Guest, GuestError, boot, ensure_rootfs, missing_tools
+from tests.systemd_guest import Bind, Guest, GuestError, boot, ensure_rootfs, missing_tools, namespaces_denied
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "images" / "systemd"
@@ -59,6 +59,8 @@ def guest_venv(staging: Path) -> Path:
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     if missing := missing_tools():
         pytest.fail(f"missing {', '.join(missing)}: `make system` installs debootstrap and systemd-container")
+    if denied := namespaces_denied():
+        pytest.skip(f"this host cannot run a container (systemd-nspawn needs new namespaces): {denied}")
     if sys.version_info[:2] != (3, 11):
         pytest.fail(f"the guest's python3 is 3.11 (bookworm); this venv is {sys.version.split()[0]}")
     started = time.monotonic()
