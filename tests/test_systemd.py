@@ -1,8 +1,10 @@
 """The unit files under a real systemd: images/systemd/appliance.service and appliance.sysusers in a Debian 12
 guest booted by systemd-nspawn (systemd 252 as PID 1), the appliance's code bound in read-only.
 
-The guest's /opt/appliance/.venv is a venv of the guest's own python3 (3.11, as ours) that adds this checkout's
-venv site-packages (and so the editable install of this checkout); the model store is empty. The only change
+The guest's /opt/appliance/.venv is a venv of the guest's own python3 (3.11, as ours) that puts this checkout
+(bound at /opt/appliance-src) first on sys.path and adds our venv's site-packages (bound at /opt/appliance-deps):
+not at their host paths, which may be under /tmp or /home, hidden from the service by PrivateTmp and
+ProtectHome. The model store is empty. The only change
 to the unit is a drop-in with WatchdogSec=4, so that several watchdog periods pass in seconds.
 """
 
@@ -34,10 +36,14 @@ if not sys.platform.startswith("linux") or os.geteuid() != 0:
     pytest.skip("systemd-nspawn needs root on Linux", allow_module_level=True)
 
 
+SOURCE, DEPS = "/opt/appliance-src", "/opt/appliance-deps"  # where the guest sees this checkout and our packages
+SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+
+
 def guest_venv(staging: Path) -> Path:
-    """A venv of the guest's /usr/bin/python3.11 whose site-packages adds ours (a .pth runs addsitedir, so our
-    editable install's own .pth files are processed too), with our `appliance` entry point."""
-    site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    """A venv of the guest's /usr/bin/python3.11: the checkout first on sys.path (before our editable install's
+    finder, which points at the host path), then our site-packages (a .pth runs addsitedir), with our
+    `appliance` entry point."""
     venv = staging / "venv"
     (venv / "bin").mkdir(parents=True)
     guest_site = venv / "lib" / "python3.11" / "site-packages"
@@ -45,7 +51,8 @@ def guest_venv(staging: Path) -> Path:
     (venv / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11\n")
     (venv / "bin" / "python3").symlink_to("/usr/bin/python3.11")
     (venv / "bin" / "python").symlink_to("python3")
-    (guest_site / "appliance-checkout.pth").write_text(f"import site; site.addsitedir({str(site)!r})\n")
+    (guest_site / "appliance-checkout.pth").write_text(
+        f"import site, sys; sys.path.insert(0, {SOURCE!r}); site.addsitedir({DEPS!r})\n")
     entry = (Path(sys.prefix) / "bin" / "appliance").read_text().split("\n", 1)[1]
     (venv / "bin" / "appliance").write_text(f"#!{GUEST_VENV}/bin/python3\n{entry}")
     (venv / "bin" / "appliance").chmod(0o755)
@@ -80,9 +87,8 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
              Bind(dropin, f"/etc/systemd/system/{UNIT}.d"),
              Bind(staging / "appliance.toml", "/etc/appliance/appliance.toml"),
              Bind(guest_venv(staging), GUEST_VENV),
-             Bind(ROOT)]
-    if not Path(sys.prefix).is_relative_to(ROOT):
-        binds.append(Bind(Path(sys.prefix)))
+             Bind(ROOT, SOURCE),
+             Bind(SITE, DEPS)]
     started = time.monotonic()
     try:
         with boot(rootfs, binds, staging / "console.log", f"appliance-test-{os.getpid()}") as booted:
