@@ -24,7 +24,26 @@ from pathlib import Path
 SUITE = "bookworm"
 # systemd as PID 1; python3 runs the appliance's code. No procps: the unit must not need /bin/kill.
 PACKAGES = ("systemd", "systemd-sysv", "python3")
-MIRROR = os.environ.get("APPLIANCE_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+def host_mirror(sources: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this host's apt uses (so the guest comes from where `make system` got its packages)."""
+    texts = [p.read_text(errors="replace") for p in sorted(sources.glob("sources.list.d/*.sources"))]
+    for text in texts:
+        for stanza in text.split("\n\n"):
+            fields = dict(line.split(":", 1) for line in stanza.splitlines() if ":" in line and line[:1].isalpha())
+            uris, suites = fields.get("URIs", "").split(), fields.get("Suites", "").split()
+            if SUITE in suites and uris and "security" not in uris[0]:
+                return uris[0]
+    legacy = sources / "sources.list"
+    for line in legacy.read_text(errors="replace").splitlines() if legacy.exists() else []:
+        words = line.split()
+        if len(words) >= 3 and words[0] == "deb" and SUITE in words and "security" not in line:
+            return next(w for w in words[1:] if "://" in w)
+    return "http://deb.debian.org/debian"
+
+
+MIRROR = os.environ.get("APPLIANCE_TEST_DEBIAN_MIRROR") or host_mirror()
 CACHE = Path(os.environ.get("APPLIANCE_TEST_CACHE", "/var/cache/appliance-tests"))
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 COMPLETE = ".complete"

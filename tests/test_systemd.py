@@ -249,3 +249,20 @@ def test_stop_is_clean(guest: Guest) -> None:
     assert after["ActiveState"] == "inactive" and after["Result"] == "success", f"{after}\n{journal(guest)}"
     assert after["ExecMainStatus"] == "0", after
     assert took < 45, after  # TimeoutStopSec=45: stopped by itself, not killed
+
+
+def test_the_guest_comes_from_the_hosts_debian_mirror(tmp_path: Path) -> None:
+    from tests.systemd_guest import host_mirror
+
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://security.debian.org/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\n# a comment: here\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n")
+    assert host_mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text("deb http://security.debian.org/ bookworm-security main\n"
+                                           "deb [arch=amd64] http://old.example/debian bookworm main\n")
+    assert host_mirror(tmp_path) == "http://old.example/debian"
+    (tmp_path / "sources.list").unlink()
+    assert host_mirror(tmp_path) == "http://deb.debian.org/debian"
