@@ -13,6 +13,7 @@ from appliance.device import Device
 from appliance.models import Catalog, ModelStore, load_catalog
 from appliance.runtime import Backend, BackendContext, make_backends
 from appliance.voice.stack import VoiceStack
+from tests.supervision import Listener
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERTER_PYTHON = ROOT / ".venv-convert" / "bin" / "python"
@@ -87,3 +88,11 @@ def prompts_en() -> list[Prompt]:
 @pytest.fixture(scope="session")
 def prompts_es() -> list[Prompt]:
     return load_prompts("es", 6)
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    """systemd's side of a notify socket (abstract), for the supervisor's tests."""
+    lst = Listener(abstract=True)
+    yield lst
+    lst.close()
