@@ -268,3 +268,17 @@ def test_the_phone_turns_new_calls_away_while_refusing() -> None:
     task.refuse(True)
     with pytest.raises(NotReady, match="stopping or short of memory"):
         task._route(CallInfo("call-1", "sip:caller@example.com", "100"))
+
+
+def test_where_the_services_listen_is_said_for_people() -> None:
+    from appliance.cli.run_cmd import where
+    from appliance.config.settings import WyomingSettings
+
+    status = {"services": {"api": {"state": "ready", "listen": "0.0.0.0:8080"},
+                           "sip": {"state": "ready", "listen": "192.168.1.20:5060"},
+                           "wyoming": {"state": "failed"}}}
+    text = where(status, Settings(wyoming=WyomingSettings(enabled=True)))
+    assert "kiosk page   http://<this device>:8080/kiosk" in text  # a wildcard address: every address it has
+    assert "sip:<number>@192.168.1.20:5060 (UDP and TCP), RTP 10000-20000/udp" in text
+    assert "Wyoming      tcp://127.0.0.1:10300" in text and "failed       wyoming" in text
+    assert "SIP" not in where({"services": {"api": {"listen": "127.0.0.1:1"}}}, Settings())  # SIP off: not said

@@ -67,12 +67,11 @@ def where(status: dict[str, Any], settings: Settings) -> str:
     lines = []
     api = services.get("api", {}).get("listen")
     if api:
-        host, _, port = api.rpartition(":")
-        shown = host if host not in ("0.0.0.0", "::", "") else "<this device>"
-        lines += [f"kiosk page   http://{shown}:{port}/kiosk", f"HTTP API     http://{shown}:{port}/v1/… "
+        address = _shown(api)
+        lines += [f"kiosk page   http://{address}/kiosk", f"HTTP API     http://{address}/v1/… "
                   "(Bearer API key; GET /health is open)"]
     if services.get("sip", {}).get("listen"):
-        lines.append(f"SIP          sip:<number>@{services['sip']['listen']} (UDP and TCP), RTP "
+        lines.append(f"SIP          sip:<number>@{_shown(services['sip']['listen'])} (UDP and TCP), RTP "
                      f"{settings.sip.rtp_port_min}-{settings.sip.rtp_port_max}/udp")
     if "wyoming" in services:
         lines.append(f"Wyoming      {settings.wyoming.stt_uri} (speech-to-text), {settings.wyoming.tts_uri} "
@@ -81,6 +80,12 @@ def where(status: dict[str, Any], settings: Settings) -> str:
     if failed:
         lines.append(f"failed       {', '.join(failed)} (see the log; `appliance status`)")
     return "\n".join(["the appliance is ready (models warm in the background):", *(f"  {line}" for line in lines)])
+
+
+def _shown(listen: str) -> str:
+    """host:port, with a wildcard address shown as the device (it answers on every address it has)."""
+    host, _, port = listen.rpartition(":")
+    return f"{host if host not in ('0.0.0.0', '::', '[::]', '') else '<this device>'}:{port}"
 
 
 def setup_logging(level: str) -> None:
