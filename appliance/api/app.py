@@ -152,18 +152,24 @@ async def _warm(services: ApiServices) -> None:
         services.warm_error = str(exc)
 
 
-def require_key(request: Request) -> ApiKey:
-    """Bearer authentication and the per-key rate limit."""
-    services: ApiServices = request.app.state.services
+def presented_token(request: Request) -> str | None:
+    """The key a request presents: 'Authorization: Bearer <key>', else the kiosk's sign-in cookie."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header and request.cookies.get(KEY_COOKIE):
         scheme, token = "bearer", request.cookies[KEY_COOKIE]
-    if scheme.lower() != "bearer" or not token.strip():
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_key(request: Request) -> ApiKey:
+    """Bearer authentication and the per-key rate limit."""
+    services: ApiServices = request.app.state.services
+    token = presented_token(request)
+    if token is None:
         raise HTTPException(401, error_body("missing API key: send 'Authorization: Bearer <key>' (create one with "
                                             "`appliance keys create NAME`)", "invalid_request_error", "missing_key"),
                             headers={"WWW-Authenticate": "Bearer"})
-    key, reason = services.keys.check(token.strip())
+    key, reason = services.keys.check(token)
     if key is None:
         raise HTTPException(401, error_body("invalid API key", "invalid_request_error", "invalid_api_key"),
                             headers={"WWW-Authenticate": "Bearer"})

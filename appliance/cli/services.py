@@ -144,13 +144,14 @@ class Gate:
             await self.app(scope, receive, send)
 
     def _has_key(self, scope: Scope) -> bool:
-        """A valid, unrevoked API key in the Authorization header (health itself needs none)."""
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                key, reason = self.services.keys.check(token.strip())
-                return scheme.lower() == "bearer" and key is not None and reason != "revoked"
-        return False
+        """A valid, unrevoked API key presented as the API takes it (health itself needs none)."""
+        from starlette.requests import Request
+
+        from appliance.api.app import presented_token
+
+        token = presented_token(Request(scope))
+        key, reason = self.services.keys.check(token) if token else (None, "")
+        return key is not None and reason != "revoked"
 
     async def _json(self, send: Send, status: int, body: dict[str, Any],
                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
