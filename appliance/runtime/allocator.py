@@ -14,11 +14,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import logging
 import os
 import threading
 
-log = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 ARENAS = 2
 ENVIRONMENT = {"MKL_DISABLE_FAST_MM": "1", "MIMALLOC_ALLOW_THP": "0"}  # read when those libraries load
