@@ -5,13 +5,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PIP := $(BIN)/pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/build.txt requirements/lock.txt | sha256sum | cut -c1-12)
+DEVICE_EXTRAS := runtimes models audio systemd
+UV_COMPILE := .venv-lock/bin/uv pip compile -q --generate-hashes --python-version 3.11
 SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio19-dev chromium sip-tester \
 	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es \
 	kamailio baresip-core debootstrap systemd-container libsystemd-dev pkg-config
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system venv converter models check clean
+.PHONY: run test setup system venv converter models check clean lock wheelhouse
 
 run: setup
 	-$(BIN)/appliance doctor
@@ -39,27 +42,48 @@ system:
 
 venv: $(STAMP)
 
+# Python dependencies come only from the lock files in requirements/ (hash-checked; `make lock` refreshes them).
+# A changed lock or pyproject makes a new stamp, and the venv is rebuilt from scratch (--clear), so it holds
+# exactly what the lock says. Build tools are locked too, and sdists build without isolation against them.
 $(STAMP):
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[runtimes,models,audio,systemd,dev]'
-	rm -f $(VENV)/.installed-*
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PIP) install -q --require-hashes -r requirements/build.txt
+	$(PIP) install -q --require-hashes --no-build-isolation -r requirements/lock.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) check
 	touch $@
 
 # The converter venv holds onnx2tf and TensorFlow, used only to build derived model variants (TFLite).
-CONVERT_STAMP := .venv-convert/.installed-$(shell sha256sum requirements-convert.txt | cut -c1-12)
+CONVERT_STAMP := .venv-convert/.installed-$(shell cat requirements/build.txt requirements/convert.txt | sha256sum | cut -c1-12)
 
 converter: $(CONVERT_STAMP)
 
-$(CONVERT_STAMP): requirements-convert.txt
-	$(PYTHON) -m venv .venv-convert
-	.venv-convert/bin/pip install -q --upgrade pip
-	.venv-convert/bin/pip install -q -r requirements-convert.txt
-	rm -f .venv-convert/.installed-*
+$(CONVERT_STAMP): requirements/build.txt requirements/convert.txt
+	$(PYTHON) -m venv --clear .venv-convert
+	.venv-convert/bin/pip install -q --require-hashes -r requirements/build.txt
+	.venv-convert/bin/pip install -q --require-hashes --no-build-isolation -r requirements/convert.txt
 	touch $@
+
+# Refresh every lock on purpose (a changed lock is a reviewed commit): uv resolves one universal lock for
+# all platforms and Python versions the project allows, with the hash of every file of every pinned version.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --require-hashes -r requirements/uv.txt
+	$(UV_COMPILE) --universal requirements/uv.in -o requirements/uv.txt
+	$(UV_COMPILE) --universal pyproject.toml --all-extras -c requirements/constraints.in -o requirements/lock.txt
+	$(UV_COMPILE) --universal requirements/build.in -c requirements/lock.txt -o requirements/build.txt
+	$(UV_COMPILE) --universal pyproject.toml $(DEVICE_EXTRAS:%=--extra %) -c requirements/lock.txt \
+	  -o requirements/device.txt
+	$(UV_COMPILE) --python-platform x86_64-manylinux_2_28 requirements/convert.in -c requirements/constraints.in -o requirements/convert.txt
+
+# Every wheel the device needs (the device lock, its sdists built into wheels, the appliance itself) in
+# dist/wheelhouse/ with a hash-pinned requirements.txt of exactly those files: an image build, or a machine
+# with no registry at all, installs with `pip install --no-index --require-hashes`.
+wheelhouse: venv
+	$(BIN)/python -m appliance.image.wheelhouse --out dist/wheelhouse
 
 models: venv converter
 	APPLIANCE_MODELS__CONVERTER_PYTHON=$(CURDIR)/.venv-convert/bin/python $(BIN)/appliance models pull
 
 clean:
-	rm -rf $(VENV) .venv-convert .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-convert .venv-lock dist .pytest_cache .mypy_cache .ruff_cache

@@ -45,7 +45,7 @@ def microphone(tmp_path: Path, prompt: Path) -> Path:
     return path
 
 
-def browse(url: str, mic: Path, actions: object) -> None:
+def browse(url: str, mic: Path, actions: object, path: str = "/kiosk") -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -55,7 +55,7 @@ def browse(url: str, mic: Path, actions: object) -> None:
             "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns"])
         try:
             page = browser.new_page()
-            page.goto(url + "/kiosk")
+            page.goto(url + path)
             assert callable(actions)
             actions(page)
         finally:
@@ -109,6 +109,50 @@ def test_kiosk_interprets_spanish_into_english(kiosk_api: tuple[str, str], tmp_p
 
     browse(url, microphone(tmp_path, ES / "agent-alreadyon.wav"), actions)
     assert states
+
+
+def test_a_url_preset_survives_sign_in(kiosk_api: tuple[str, str], tmp_path: Path) -> None:
+    url, token = kiosk_api
+    preset = "/kiosk?mode=interpret&language=es&target=en"
+    chosen: dict[str, str] = {}
+
+    def actions(page: object) -> None:
+        sign_in(page, token)  # a wrong key first, then the real one: the preset outlives both
+        p = page  # type: ignore[assignment]
+        p.wait_for_selector("body[data-ready]", timeout=30_000)  # type: ignore[attr-defined]
+        assert p.url == url + preset  # type: ignore[attr-defined]
+        for select in ("mode", "language", "target"):
+            chosen[select] = p.eval_on_selector(f"#{select}", "s => s.value")  # type: ignore[attr-defined]
+            chosen[select + " shown"] = p.eval_on_selector(  # type: ignore[attr-defined]
+                f"#{select}", "s => s.selectedOptions[0] ? s.selectedOptions[0].textContent : ''")
+        assert p.is_enabled("#start")  # type: ignore[attr-defined]
+        assert p.text_content("#error") == ""  # type: ignore[attr-defined]
+
+    browse(url, microphone(tmp_path, ES / "agent-alreadyon.wav"), actions, preset)
+    assert chosen == {"mode": "interpret", "mode shown": "Interpretation", "language": "es",
+                      "language shown": "Spanish", "target": "en", "target shown": "English"}
+
+
+def test_sign_in_returns_only_to_the_kiosk_on_this_device(kiosk_api: tuple[str, str]) -> None:
+    url, token = kiosk_api
+    preset = "/kiosk?mode=interpret&language=es&target=en"
+    form = httpx.get(url + preset, timeout=10).text
+    assert 'name="next" id="next" value="/kiosk?mode=interpret&amp;language=es&amp;target=en"' in form
+    with httpx.Client(base_url=url, timeout=10, follow_redirects=False) as browser:
+        back = browser.post("/kiosk/login", data={"key": token, "next": preset})
+        assert back.status_code == 303 and back.headers["location"] == preset
+        assert browser.post("/kiosk/login", data={"key": token}).headers["location"] == "/kiosk"
+        for crafted in ("//evil.example/", "https://evil.example/", "https://evil.example/kiosk?mode=echo",
+                        "/\\evil.example/", "\t//evil.example/", "///evil.example/", "/kiosk@evil.example",
+                        "/kiosk/../evil", "javascript:alert(1)", "http://[::1"):
+            signed = browser.post("/kiosk/login", data={"key": token, "next": crafted})
+            assert signed.status_code == 303 and signed.headers["location"] == "/kiosk", crafted
+            wrong = browser.post("/kiosk/login", data={"key": "ak_nope_nope", "next": crafted})
+            assert wrong.status_code == 401 and 'id="next" value="/kiosk"' in wrong.text, crafted
+        header = browser.post("/kiosk/login", data={"key": token, "next": "/kiosk?a=1\r\nSet-Cookie: x=1"})
+        assert header.headers["location"].startswith("/kiosk?a=1") and "x=1" not in header.headers["set-cookie"]
+        markup = browser.post("/kiosk/login", data={"key": "", "next": '/kiosk?x="><script>alert(1)</script>'})
+        assert markup.status_code == 401 and "<script>alert" not in markup.text
 
 
 def test_kiosk_needs_a_key(kiosk_api: tuple[str, str]) -> None:

@@ -16,6 +16,7 @@ from appliance.cli import (
     kiosk_cmd,
     models_cmd,
     run_cmd,
+    sbom_cmd,
     serve_cmd,
     sip_cmd,
     status_cmd,
@@ -46,6 +47,7 @@ app.command("speak")(voice_cmd.speak)
 app.command("interpret")(voice_cmd.interpret)
 app.command("kiosk")(kiosk_cmd.kiosk)
 app.command("call")(sip_cmd.call)
+app.command("sbom")(sbom_cmd.sbom)
 
 
 @app.callback()
@@ -62,7 +64,7 @@ def main() -> None:
     try:
         app()
     except ApplianceError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)  # one line
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

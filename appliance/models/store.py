@@ -211,6 +211,14 @@ class ModelStore:
                 shutil.rmtree(staging, ignore_errors=True)
         return target
 
+    def derived_sha256(self, kind: str, source_sha256: str) -> dict[str, str]:
+        """The recorded checksums of a built derived artifact (file name -> sha256); empty when not built."""
+        manifest = self.cache_dir(kind, source_sha256) / "manifest.json"
+        try:
+            return dict(json.loads(manifest.read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
     def derived(self, files: ModelFiles) -> Iterator[tuple[str, dict[str, Path]]]:
         """Derived variants (e.g. ``tflite``) already built from this model's files."""
         for sha in list(files.sha256.values()):

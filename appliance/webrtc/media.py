@@ -45,8 +45,8 @@ class InboundAudio:
 
 
 class PacedTrack(MediaStreamTrack):
-    """An outgoing mono s16 audio track at ``rate``, one 20 ms frame per 20 ms of wall time; subclasses say what
-    the next frame holds."""
+    """An outgoing audio track at ``rate``, one 20 ms frame per 20 ms of wall time, mono s16 sent as two equal
+    channels (`stereo_frame`); subclasses say what the next frame holds."""
 
     kind = "audio"
 
@@ -67,11 +67,19 @@ class PacedTrack(MediaStreamTrack):
             self._start = time.monotonic()
         else:
             await asyncio.sleep(max(0.0, self._start + self._pts / self.rate - time.monotonic()))
-        frame = av.AudioFrame.from_ndarray(self.next_samples(self.frame_samples).reshape(1, -1), format="s16",
-                                           layout="mono")
+        frame = stereo_frame(self.next_samples(self.frame_samples))
         frame.sample_rate, frame.pts, frame.time_base = self.rate, self._pts, fractions.Fraction(1, self.rate)
         self._pts += self.frame_samples
         return frame
+
+
+def stereo_frame(mono: np.ndarray) -> av.AudioFrame:
+    """A packed s16 stereo frame with the mono samples in both channels. aiortc's Opus encoder takes stereo and
+    upmixes a mono frame through FFmpeg's resampler, which puts a centre channel at -3 dB: every mono frame lost
+    3 dB on the way (a quieter voice for the browser, and Whisper fed a signal 3 dB below the one sent, enough
+    to flip a translation). Stereo passes untouched, and PCMU/G.722 mix it back to mono at unity gain."""
+    return av.AudioFrame.from_ndarray(np.repeat(mono.astype(np.int16, copy=False), 2).reshape(1, -1), format="s16",
+                                      layout="stereo")
 
 
 class SpeechTrack(PacedTrack):

@@ -22,12 +22,28 @@ function fillLanguages() {
 }
 
 function fillTargets() {
-  const source = $("language").value;
+  const source = $("language").value, chosen = $("target").value;
   const targets = config.pairs.filter((p) => p[0] === source).map((p) => p[1]);
   $("target").innerHTML = targets.map((l) => `<option value="${l}">${NAMES[l] || l}</option>`).join("");
-  const interpret = $("mode").value === "interpret";
-  $("target").parentElement.classList.toggle("off", !interpret);
-  $("start").disabled = (interpret && targets.length === 0) || pc !== null;
+  if (targets.includes(chosen)) $("target").value = chosen;  // refilling (after Stop) keeps the choice
+  $("target").parentElement.classList.toggle("off", $("mode").value !== "interpret");
+  updateStart();
+}
+
+function updateStart() {  // a call needs a mode and a language, and interpretation a target too
+  const ready = $("mode").value && $("language").value && ($("mode").value !== "interpret" || $("target").value);
+  $("start").disabled = !ready || pc !== null;
+}
+
+// Select a preset from the URL. Only once the options exist (after /kiosk/config): a value the device does not
+// offer is said, and leaves nothing selected (Start waits for a choice) rather than another language silently.
+function preset(id, value) {
+  if (!value) return;
+  $(id).value = value;
+  if ($(id).value !== value) {
+    $(id).selectedIndex = -1;
+    showError(`This device does not offer the preset ${id}=${value}; choose another.`);
+  }
 }
 
 function caption(event) {
@@ -163,16 +179,20 @@ async function init() {
     : document.documentElement.requestFullscreen();
   $("mode").onchange = fillTargets;
   $("language").onchange = fillTargets;
+  $("target").onchange = updateStart;
   bindPushToTalk();
   const reply = await fetch("/kiosk/config", { credentials: "same-origin" });
   if (reply.ok) config = await reply.json();
   else showError("Could not read the device's languages; sign in again.");
   fillLanguages();
   const params = new URLSearchParams(location.search);  // preset a kiosk: ?mode=interpret&language=es&target=en
-  for (const key of ["mode", "language", "talk"]) if (params.get(key)) $(key).value = params.get(key);
+  for (const key of ["mode", "language", "talk"]) preset(key, params.get(key));
   fillTargets();
-  if (params.get("target")) $("target").value = params.get("target");
+  preset("target", params.get("target"));
+  updateStart();
+  $("talk").dispatchEvent(new Event("change"));  // a push-to-talk preset shows its button
   setState("idle");
+  document.body.dataset.ready = "true";  // presets applied: what a test (or a kiosk script) may wait for
 }
 
 init();
