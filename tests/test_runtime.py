@@ -74,18 +74,40 @@ def test_openvino_ir_is_cached_in_the_store(store: ModelStore, backends: dict[st
 
 def test_vad_agrees_across_onnxruntime_openvino_and_litert(tflite_store: ModelStore,
                                                           backends: dict[str, Backend]) -> None:
+    """Judged on what the VAD decides, not on the last digits of a probability. OpenVINO's CPU plugin infers in
+    bfloat16 where the processor has it (AVX512-BF16/AMX) and in float32 elsewhere: on this sentence its
+    probabilities differ from ONNX Runtime's by up to 0.027 in bf16 (p99 0.016; measured eight times on a Xeon
+    with AMX, the same every run) and by less than 0.02 in float32; LiteRT's differ by less than 0.0001. The
+    old limit of 0.02 therefore failed on some machines and passed on others."""
     files = tflite_store.resolve("silero-vad-v6")
     assert "tflite" in files.variants  # the derived variant, built by onnx2tf at provisioning
     audio = speech_like(tflite_store, backends)
-    runs = {}
+    sessions, runs = {}, {}
     for spec in ("onnxruntime:cpu", "openvino:CPU", "litert:cpu"):
         candidate = cands(spec)[0]
-        runs[spec] = vad_probs(backends[candidate.runtime].load(files, candidate), audio)
+        sessions[spec] = backends[candidate.runtime].load(files, candidate)
+        runs[spec] = vad_probs(sessions[spec], audio)
     reference = runs["onnxruntime:cpu"]
     assert reference[:25].max() < 0.3          # the leading second of silence
     assert reference.max() > 0.9               # the sentence
+    clear = np.abs(reference - 0.5) >= 0.05    # windows not within a hair of the threshold
+    events = {spec: endpoint_events(session, audio) for spec, session in sessions.items()}
+    kinds = [kind for kind, _ in events["onnxruntime:cpu"]]
+    assert kinds[0] == "SpeechStarted" and kinds[-1] == "SpeechEnded"
     for spec, probs in runs.items():
-        assert np.abs(probs - reference).max() < 0.02, spec
+        assert np.array_equal((probs >= 0.5)[clear], (reference >= 0.5)[clear]), spec
+        assert np.abs(probs - reference).max() < 0.1, spec  # 3.7 times the spread measured in bf16
+        assert events[spec] == events["onnxruntime:cpu"], spec
+
+
+def endpoint_events(session: Any, audio: np.ndarray) -> list[tuple[str, float]]:
+    """The endpointer's events (kind, time to the window) for ``audio`` fed in 20 ms frames."""
+    from appliance.voice.endpoint import Endpointer
+    from appliance.voice.vad import SileroVad
+
+    endpointer = Endpointer(SileroVad(session))
+    events = [e for start in range(0, len(audio), 320) for e in endpointer.process(audio[start:start + 320])]
+    return [(type(e).__name__, round(e.time, 3)) for e in events]
 
 
 def test_litert_selected_with_real_tflite(tflite_store: ModelStore, backends: dict[str, Backend]) -> None:
