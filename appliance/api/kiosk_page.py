@@ -1,11 +1,17 @@
 """The kiosk page: sign in once with an API key (kept in an HttpOnly, SameSite=Strict cookie), then the page,
 its assets and its config. Everything but the sign-in form needs the key; nothing is loaded from elsewhere.
+
+Signing in returns to the page that asked for it, query included, so a preset such as
+``/kiosk?mode=interpret&language=es&target=en`` survives the sign-in. That return address travels in the form
+as ``next`` and is only ever ``/kiosk`` with a re-encoded query on this host: never an open redirect.
 """
 
 from __future__ import annotations
 
 import html
 import mimetypes
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -18,10 +24,27 @@ from appliance.kiosk import STATIC
 
 router = APIRouter(tags=["kiosk"])
 ASSETS = {"index.html", "kiosk.js", "kiosk.css"}
+PAGE = "/kiosk"  # the only place sign-in sends a browser back to
+_FIELD = re.compile(r"\{(error|next)\}")  # the login page's placeholders
 
 
-def _login_page(error: str = "", status: int = 200) -> HTMLResponse:
-    page = (STATIC / "login.html").read_text(encoding="utf-8").replace("{error}", html.escape(error))
+def _return_to(target: str) -> str:
+    """Where sign-in may send the browser: ``/kiosk`` with ``target``'s query, re-encoded; anything else (another
+    host, scheme or path, ``//host``, ``/\\host``) gives the bare page."""
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return PAGE
+    if parts.scheme or parts.netloc or parts.path != PAGE:
+        return PAGE
+    query = urlencode(parse_qsl(parts.query, keep_blank_values=True))
+    return f"{PAGE}?{query}" if query else PAGE
+
+
+def _login_page(error: str = "", status: int = 200, next_url: str = PAGE) -> HTMLResponse:
+    fields = {"error": error, "next": _return_to(next_url)}
+    template = (STATIC / "login.html").read_text(encoding="utf-8")
+    page = _FIELD.sub(lambda m: html.escape(fields[m[1]]), template)
     style = (STATIC / "kiosk.css").read_text(encoding="utf-8")  # inline: assets need the key
     page = page.replace('<link rel="stylesheet" href="/kiosk/static/kiosk.css">', f"<style>{style}</style>")
     return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
@@ -32,21 +55,21 @@ async def kiosk(request: Request) -> Response:
     services: ApiServices = request.app.state.services
     key, reason = services.keys.check(request.cookies.get(KEY_COOKIE, ""))
     if key is None or reason:
-        return _login_page()
+        return _login_page(next_url=f"{PAGE}?{request.url.query}")
     return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
 
 
 @router.post("/kiosk/login", include_in_schema=False)
-async def login(request: Request, key: str = Form("")) -> Response:
+async def login(request: Request, key: str = Form(""), next_url: str = Form(PAGE, alias="next")) -> Response:
     services: ApiServices = request.app.state.services
     client = request.client.host if request.client else "unknown"
     if services.limiter.take(f"login:{client}"):
-        return _login_page("Too many attempts; wait a minute.", 429)
+        return _login_page("Too many attempts; wait a minute.", 429, next_url)
     found, reason = services.keys.check(key.strip())
     if found is None or reason:
         return _login_page("That key is not valid on this device." if found is None else "That key was revoked.",
-                           401)
-    response = RedirectResponse("/kiosk", status_code=303)
+                           401, next_url)
+    response = RedirectResponse(_return_to(next_url), status_code=303)
     response.set_cookie(KEY_COOKIE, key.strip(), httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
     return response
@@ -54,7 +77,7 @@ async def login(request: Request, key: str = Form("")) -> Response:
 
 @router.post("/kiosk/logout", include_in_schema=False)
 async def logout() -> Response:
-    response = RedirectResponse("/kiosk", status_code=303)
+    response = RedirectResponse(PAGE, status_code=303)
     response.delete_cookie(KEY_COOKIE, path="/")
     return response
 
