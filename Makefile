@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio1
 	kamailio baresip-core debootstrap systemd-container libsystemd-dev pkg-config
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system venv converter models check clean lock wheelhouse
+.PHONY: run test setup system venv converter models check clean lock wheelhouse debian-versions
 
 run: setup
 	-$(BIN)/appliance doctor
@@ -75,6 +75,10 @@ lock:
 	$(UV_COMPILE) --universal pyproject.toml $(DEVICE_EXTRAS:%=--extra %) -c requirements/lock.txt \
 	  -o requirements/device.txt
 	$(UV_COMPILE) --python-platform x86_64-manylinux_2_28 requirements/convert.in -c requirements/constraints.in -o requirements/convert.txt
+
+# The Debian packages above as installed here: the versions the tests last passed with.
+debian-versions:
+	dpkg-query -W -f='$${Package}=$${Version}\n' $(SYSTEM_PACKAGES) | sort > requirements/debian-bookworm.txt
 
 # Every wheel the device needs (the device lock, its sdists built into wheels, the appliance itself) in
 # dist/wheelhouse/ with a hash-pinned requirements.txt of exactly those files: an image build, or a machine

@@ -38,3 +38,12 @@ def test_every_command_is_documented() -> None:
     # a group's later commands may be written short in the same cell: `appliance keys create …` / `keys list`
     missing = [c for c in commands if f"`{c}" not in README and f"`{c.removeprefix('appliance ')}" not in README]
     assert not missing, f"commands missing from README.md: {missing}"
+
+
+def test_every_debian_package_of_the_makefile_has_a_tested_version() -> None:
+    root = Path(__file__).parent.parent
+    makefile = (root / "Makefile").read_text().replace("\\\n", " ")
+    line = next(x for x in makefile.splitlines() if x.startswith("SYSTEM_PACKAGES :="))
+    wanted = set(line.split(":=", 1)[1].split())
+    recorded = dict(x.split("=", 1) for x in (root / "requirements/debian-bookworm.txt").read_text().split())
+    assert wanted == set(recorded), f"make debian-versions: {sorted(wanted ^ set(recorded))}"
