@@ -11,12 +11,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from appliance.config.paths import shipped
 from appliance.errors import ApplianceError
 from appliance.hw.report import AcceleratorKind, HardwareReport
 
 Task = Literal["asr", "tts", "vad", "mt", "speaker"]
 TASKS: tuple[Task, ...] = ("asr", "tts", "vad", "mt", "speaker")
-DEFAULT_PROFILES_DIR = Path(__file__).resolve().parents[2] / "hw"
+DEFAULT_PROFILES_DIR = shipped("hw")
 
 
 class ProfileError(ApplianceError):

@@ -9,10 +9,11 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance.config.paths import shipped
 from appliance.errors import ApplianceError
 from appliance.hw.profiles import Task
 
-DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "models" / "catalog.yaml"
+DEFAULT_CATALOG = shipped("models/catalog.yaml")
 
 
 class CatalogError(ApplianceError):
