@@ -11,12 +11,13 @@ import numpy as np
 import openai
 import pytest
 
-from appliance.api.app import ApiServices
+from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
 from appliance.api.threaded import ThreadedServer
 from appliance.audio import read_audio, wav_bytes
 from appliance.bench.text import normalise
 from appliance.config.settings import ApiSettings
+from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 
 EN = Path("/usr/share/asterisk/sounds/en")
@@ -31,7 +32,7 @@ def api(stack: VoiceStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     keys = KeyStore(tmp_path_factory.mktemp("keys") / "keys.json")
     _, token = keys.create("tests")
     settings = ApiSettings(max_upload_mb=2, rate_per_minute=1000)
-    services = ApiServices(settings, keys, lambda: stack, lambda: ["whisper-tiny-en", "whisper-base"])
+    services = ApiServices(settings, keys, VoiceModels.of(stack), lambda: ["whisper-tiny-en", "whisper-base"])
     with Server(services) as server:
         yield server, keys, token
 
@@ -120,7 +121,7 @@ def test_bad_uploads(api: tuple[Server, KeyStore, str]) -> None:
 def test_rate_limit_answers_429_with_retry_after(stack: VoiceStack, tmp_path: Path) -> None:
     keys = KeyStore(tmp_path / "keys.json")
     _, token = keys.create("busy")
-    services = ApiServices(ApiSettings(rate_per_minute=3), keys, lambda: stack, list)
+    services = ApiServices(ApiSettings(rate_per_minute=3), keys, VoiceModels.of(stack), list)
     with Server(services) as server:
         codes = [httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code
                  for _ in range(5)]

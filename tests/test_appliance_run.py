@@ -127,9 +127,7 @@ def test_sigterm_while_the_models_load_exits_at_once_and_cleanly(listener: Liste
 
 
 # -- the appliance's own services -----------------------------------------------------------------------------------
-def test_the_api_gate_refuses_new_work_and_adds_the_supervisor_to_health(tmp_path: Path) -> None:
-    """/health: every service's state for anyone; pids, addresses, memory and errors only with a valid key."""
-    from appliance.api.keys import KeyStore
+def test_the_api_gate_refuses_new_work_while_reads_go_on() -> None:
     from appliance.cli.services import Gate
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
@@ -137,16 +135,39 @@ def test_the_api_gate_refuses_new_work_and_adds_the_supervisor_to_health(tmp_pat
         await send({"type": "http.response.body", "body": b"inner"})
 
     refusing = [False]
-    keys = KeyStore(tmp_path / "keys.json")
-    (_, token), (revoked, old) = keys.create("ops"), keys.create("old")
-    keys.revoke(revoked.id)
-    services: Any = SimpleNamespace(stack=None, warm_error=None, keys=keys)
-    view = {"state": "running", "ready": True, "pid": 42, "memory": {"current_bytes": 1},
-            "services": {"sip": {"state": "ready", "pid": None, "listen": "0.0.0.0:5060", "last_error": "x"}}}
-    gate = Gate(inner, services, lambda: refusing[0], lambda: view)
+    gate = Gate(inner, lambda: refusing[0])
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://device") as client:
+            assert (await client.post("/v1/audio/speech")).text == "inner"
+            refusing[0] = True
+            refused = await client.post("/v1/audio/speech")
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
+            assert refused.json()["error"]["code"] == "unavailable"
+            assert (await client.get("/v1/models")).text == "inner"  # reading still works
+            assert (await client.get("/health")).text == "inner"
+
+    asyncio.run(main())
+
+
+def test_health_shows_the_supervisor_states_to_anyone_and_everything_with_a_key(tmp_path: Path) -> None:
+    """/health: every service's state for anyone; pids, addresses, memory and errors only with a valid key."""
+    from appliance.api.app import create_app
+    from appliance.api.context import ApiServices
+    from appliance.api.keys import KeyStore
+    from appliance.config.settings import ApiSettings
+    from appliance.voice.readiness import VoiceModels
+
+    keys = KeyStore(tmp_path / "keys.json")
+    (_, token), (revoked, old) = keys.create("ops"), keys.create("old")
+    keys.revoke(revoked.id)
+    view = {"state": "running", "ready": True, "pid": 42, "memory": {"current_bytes": 1},
+            "services": {"sip": {"state": "ready", "pid": None, "listen": "0.0.0.0:5060", "last_error": "x"}}}
+    services = ApiServices(ApiSettings(), keys, VoiceModels(), list, standalone=False, supervisor=lambda: view)
+    app = create_app(services)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://device") as client:
             public = {"state": "running", "ready": True, "services": {"sip": "ready"}}
             health = (await client.get("/health")).json()
             assert health == {"status": "ok", "ready": False, "error": None, "supervisor": public}
@@ -155,12 +176,10 @@ def test_the_api_gate_refuses_new_work_and_adds_the_supervisor_to_health(tmp_pat
                 assert (await client.get("/health", headers=headers)).json()["supervisor"] == public
             full = (await client.get("/health", headers={"authorization": f"Bearer {token}"})).json()
             assert full["supervisor"] == view
-            assert (await client.post("/v1/audio/speech")).text == "inner"
-            refusing[0] = True
-            refused = await client.post("/v1/audio/speech")
-            assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
-            assert refused.json()["error"]["code"] == "unavailable"
-            assert (await client.get("/v1/models")).text == "inner"  # reading still works
+            warming = await client.post("/v1/audio/speech", json={"input": "hi"},
+                                        headers={"authorization": f"Bearer {token}"})
+            assert warming.status_code == 503 and warming.headers["retry-after"] == "5"
+            assert warming.json()["error"]["code"] == "warming"
 
     asyncio.run(main())
 
@@ -204,8 +223,9 @@ def test_wyoming_serves_the_shared_models_and_waits_for_them_while_they_warm() -
     from wyoming.client import AsyncTcpClient
     from wyoming.info import Describe, Info
 
-    from appliance.cli.services import Models, WyomingTask
+    from appliance.cli.services import WyomingTask
     from appliance.config.settings import WyomingSettings
+    from appliance.voice.readiness import VoiceModels
 
     stt, tts = free_port(), free_port()
     settings = Settings(wyoming=WyomingSettings(enabled=True, stt_uri=f"tcp://127.0.0.1:{stt}",
@@ -225,14 +245,14 @@ def test_wyoming_serves_the_shared_models_and_waits_for_them_while_they_warm() -
         raise ApplianceError("no runtime could run whisper-tiny-en")
 
     async def main() -> None:
-        models = Models(build)
+        models = VoiceModels(build)
         factory = Factory(wyoming=lambda: WyomingTask(settings, models))
         sup = Supervisor(factory, {"wyoming": ((), 1)}, SupervisorOptions(poll_s=0.02), Notifier({}))
         warm = asyncio.create_task(models.warm())
         await sup.start()
         unit = sup.units["wyoming"]
         await until(lambda: unit.state is ServiceState.READY, 10, "wyoming ready")
-        assert not models.stack  # ready before the models
+        assert models.state == "warming"  # ready before the models
         asking = asyncio.create_task(describe())
         await asyncio.sleep(0.3)
         assert not asking.done()  # waiting for the models
@@ -246,7 +266,7 @@ def test_wyoming_serves_the_shared_models_and_waits_for_them_while_they_warm() -
         assert Info.is_type((await describe()).type)
         await sup.stop()
 
-        failed = Models(broken)
+        failed = VoiceModels(broken)
         await failed.warm()
         task = WyomingTask(settings, failed)
         await task.start()
@@ -261,10 +281,10 @@ def test_wyoming_serves_the_shared_models_and_waits_for_them_while_they_warm() -
 
 def test_the_phone_turns_new_calls_away_while_refusing() -> None:
     from appliance.bot.calls import CallInfo, NotReady
-    from appliance.cli.services import Models, SipTask
+    from appliance.cli.services import SipTask
 
     services: Any = SimpleNamespace(sip=None)
-    task = SipTask(Settings(), Models(lambda: pytest.fail("no models here")), services)
+    task = SipTask(Settings(), services)
     task.refuse(True)
     with pytest.raises(NotReady, match="stopping or short of memory"):
         task._route(CallInfo("call-1", "sip:caller@example.com", "100"))

@@ -11,11 +11,12 @@ import httpx
 import numpy as np
 import pytest
 
-from appliance.api.app import ApiServices
+from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
 from appliance.audio import read_audio, write_wav
 from appliance.bench.text import normalise
 from appliance.config.settings import ApiSettings
+from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 from tests.test_api import Server
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None and not Path(CHRO
 def kiosk_api(stack: VoiceStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     keys = KeyStore(tmp_path_factory.mktemp("kioskkeys") / "keys.json")
     _, token = keys.create("kiosk")
-    services = ApiServices(ApiSettings(rate_per_minute=1000), keys, lambda: stack, list)
+    services = ApiServices(ApiSettings(rate_per_minute=1000), keys, VoiceModels.of(stack), list)
     with Server(services) as server:
         yield server.url, token
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from appliance.api.app import ApiServices
+from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
 from appliance.audio import read_audio
 from appliance.config.settings import ApiSettings
+from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 from tests.test_api import Server
 
@@ -29,7 +30,7 @@ SERVICES: list[ApiServices] = []
 def ws_api(stack: VoiceStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     keys = KeyStore(tmp_path_factory.mktemp("wskeys") / "keys.json")
     _, token = keys.create("ws")
-    services = ApiServices(ApiSettings(), keys, lambda: stack, list)
+    services = ApiServices(ApiSettings(), keys, VoiceModels.of(stack), list)
     SERVICES[:] = [services]
     with Server(services) as server:
         yield server.url.replace("http", "ws") + "/v1/stream", token
@@ -155,3 +156,31 @@ def test_dropped_peers_free_their_sessions(ws_api: tuple[str, str]) -> None:
         assert json.loads(ws.recv(timeout=10))["type"] == "ready"
     assert SERVICES[0].sessions._value.get() == 0
     assert 0 < after["tasks"] <= before["tasks"]
+
+
+def test_the_kiosk_cookie_opens_a_socket_and_the_rate_limit_counts_sockets(stack: VoiceStack,
+                                                                           tmp_path: Path) -> None:
+    """The same authentication as every route (the kiosk's sign-in cookie included) and the same per-key limit."""
+    keys = KeyStore(tmp_path / "keys.json")
+    _, token = keys.create("kiosk")
+    with Server(ApiServices(ApiSettings(rate_per_minute=2), keys, VoiceModels.of(stack), list)) as server:
+        url = server.url.replace("http", "ws") + "/v1/stream"
+        for _ in range(2):
+            with connect(url, additional_headers={"Cookie": f"appliance_key={token}"}, open_timeout=10) as ws:
+                ws.send(json.dumps({"type": "start", "mode": "transcribe", "language": "en"}))
+                assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+        with pytest.raises(InvalidStatus):  # the third socket within the minute: refused before it opens
+            connect(url, additional_headers={"Cookie": f"appliance_key={token}"}, open_timeout=10)
+
+
+def test_while_the_models_warm_a_socket_is_told_when_to_retry(tmp_path: Path) -> None:
+    keys = KeyStore(tmp_path / "keys.json")
+    _, token = keys.create("early")
+    with Server(ApiServices(ApiSettings(), keys, VoiceModels(), list, standalone=False), warm=False) as server:
+        url = server.url.replace("http", "ws") + "/v1/stream"
+        with connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10) as ws:
+            event = json.loads(ws.recv(timeout=10))
+            assert event["type"] == "error" and event["retry_after"] == 5 and "still loading" in event["message"]
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013

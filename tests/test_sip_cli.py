@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from appliance.api.app import ApiServices
+from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
 from appliance.bot.routing import FlowRouter
 from appliance.config.settings import ApiSettings, BotSettings, SipSettings, UpstreamSettings
 from appliance.models import ModelStore
 from appliance.sip.service import SipService
+from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 from tests.peers import free_port
 from tests.test_api import Server
@@ -61,8 +62,8 @@ def test_call_says_its_text_to_an_answering_sipp(env: dict[str, str], tmp_path: 
 def test_status_of_the_running_service(stack: VoiceStack, tmp_path: Path) -> None:
     keys = KeyStore(tmp_path / "keys.json")
     _, token = keys.create("cli")
-    services = ApiServices(ApiSettings(), keys, lambda: stack, list)
-    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), UpstreamSettings(), lambda: services.stack)
+    services = ApiServices(ApiSettings(), keys, VoiceModels.of(stack), list)
+    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), UpstreamSettings(), services.models)
     services.sip = SipService(SipSettings(host="127.0.0.1", port=0), router)
     with Server(services) as server:
         proc = appliance("sip", "status", "--url", server.url, "--key", token)

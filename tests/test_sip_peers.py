@@ -21,6 +21,7 @@ from appliance.sip.digest import DigestClient
 from appliance.sip.outbound import Registration
 from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.asr import AsrOptions
+from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 from tests.peers import BARESIP, KAMAILIO, Account, Baresip, Kamailio
 
@@ -42,7 +43,7 @@ def phone_options() -> PhoneOptions:
 
 @needs_peers
 def test_baresip_calls_in_and_hears_the_bot(stack: VoiceStack, tmp_path: Path) -> None:
-    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), UpstreamSettings(), lambda: stack)
+    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), UpstreamSettings(), VoiceModels.of(stack))
 
     async def run() -> Path:
         phone = Phone(phone_options(), router)

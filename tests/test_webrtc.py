@@ -15,13 +15,14 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.api.app import ApiServices
+from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
 from appliance.audio import read_audio
 from appliance.bench.text import normalise
 from appliance.bot.modes import SessionSpec
 from appliance.config.settings import ApiSettings
 from appliance.voice.conversation import Conversation
+from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 from appliance.webrtc.client import RATE, PcmSource, call
 from appliance.webrtc.peer import WebRtcSession
@@ -35,7 +36,7 @@ ES = Path("/usr/share/asterisk/sounds/es")
 def rtc_api(stack: VoiceStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     keys = KeyStore(tmp_path_factory.mktemp("rtckeys") / "keys.json")
     _, token = keys.create("rtc")
-    services = ApiServices(ApiSettings(max_sessions=60, rate_per_minute=1000), keys, lambda: stack, list)
+    services = ApiServices(ApiSettings(max_sessions=60, rate_per_minute=1000), keys, VoiceModels.of(stack), list)
     with Server(services) as server:
         yield server.url, token
 

@@ -20,8 +20,9 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from appliance.audio import read_audio
 from appliance.bench.text import normalise
 from appliance.voice.asr import AsrOptions
+from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
-from appliance.wyoming.handlers import SttHandler, TtsHandler, ready
+from appliance.wyoming.handlers import SttHandler, TtsHandler
 
 EN = Path("/usr/share/asterisk/sounds/en")
 
@@ -37,7 +38,7 @@ def with_server(stack: VoiceStack, handler: type, test: Callable[[str], Awaitabl
     async def run() -> None:
         uri = f"tcp://127.0.0.1:{free_port()}"
         server = AsyncServer.from_uri(uri)
-        task = asyncio.create_task(server.run(functools.partial(handler, stack=ready(stack),
+        task = asyncio.create_task(server.run(functools.partial(handler, stack=VoiceModels.of(stack).wait,
                                                                 allow=["127.0.0.1"] if allow is None else allow)))
         await asyncio.sleep(0.2)
         try:

@@ -1,9 +1,10 @@
-"""The FastAPI app: /health (the only open route), /metrics, and the OpenAI-compatible audio API.
+"""The FastAPI app: /health (the only open route), /metrics, and the routers (OpenAI-compatible audio, realtime,
+WebRTC, kiosk, SIP status).
 
 Models warm in the background when the app starts; until they are ready, model routes answer 503 with
-Retry-After instead of making the client wait on a cold start. Under the supervisor (``standalone=False``) the
-models and the phone belong to the supervisor: it warms the stack into ``services.stack``, runs the phone and
-stops both; the app only serves.
+Retry-After (`ApiServices.ready_stack`) instead of making the client wait on a cold start. Under the supervisor
+(``standalone=False``) the models and the phone belong to the supervisor: it warms `services.models`, runs the
+phone and stops both; the app only serves.
 """
 
 from __future__ import annotations
@@ -12,71 +13,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from appliance.api.keys import ApiKey, KeyStore
-from appliance.api.limits import BodyLimit, RateLimiter, error_body
-from appliance.config.settings import ApiSettings
-from appliance.sip.service import SipService
-from appliance.voice.stack import VoiceStack
-from appliance.webrtc.hub import WebRtcHub
-
-WARMING_RETRY_S = 5
-KEY_COOKIE = "appliance_key"  # set by the kiosk's sign-in form; the same key as a Bearer token
-
-
-@dataclass
-class ApiServices:
-    """What the routes need, wired once by the entry point."""
-
-    settings: ApiSettings
-    keys: KeyStore
-    make_stack: Callable[[], VoiceStack]
-    models: Callable[[], list[str]]  # provisioned model ids
-    stack: VoiceStack | None = None
-    warm_error: str | None = None
-    sip: SipService | None = None  # the phone, when this process answers calls
-    standalone: bool = True  # the app's lifespan warms the stack, starts and stops `sip`, stops the stack
-    limiter: RateLimiter = field(init=False)
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.settings.rate_per_minute)
-        self.requests = Counter("appliance_http_requests", "HTTP requests", ["route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("appliance_http_request_seconds", "HTTP request time", ["route"],
-                                 registry=self.registry)
-        self.sessions = Gauge("appliance_stream_sessions", "Open realtime sessions", registry=self.registry)
-        self.webrtc = WebRtcHub(self.settings.max_sessions)
-        Gauge("appliance_webrtc_sessions", "Open WebRTC sessions", registry=self.registry).set_function(
-            lambda: len(self.webrtc.sessions))
-        self.loop_tasks = Gauge("appliance_event_loop_tasks", "Tasks alive on the server's event loop",
-                                registry=self.registry)
-        ProcessCollector(registry=self.registry)
-        self.audio_seconds = Counter("appliance_audio_seconds", "Seconds of audio processed", ["task"],
-                                     registry=self.registry)
-
-    def ready_stack(self) -> VoiceStack:
-        if self.stack is None:
-            if self.warm_error:
-                raise HTTPException(503, error_body(f"models failed to load: {self.warm_error}", "server_error",
-                                                    "models_unavailable"))
-            raise HTTPException(503, error_body("models are warming up; retry shortly", "server_error", "warming"),
-                                headers={"Retry-After": str(WARMING_RETRY_S)})
-        return self.stack
+from appliance.api.auth import require_key, valid_key
+from appliance.api.context import ApiServices
+from appliance.api.keys import ApiKey
+from appliance.api.limits import BodyLimit, error_body
 
 
 def create_app(services: ApiServices) -> FastAPI:
@@ -88,18 +34,16 @@ def create_app(services: ApiServices) -> FastAPI:
             yield
             await services.webrtc.close_all()
             return
-        warm = asyncio.create_task(_warm(services))
+        services.models.start()
         if services.sip is not None:
             await services.sip.start()
         yield
-        warm.cancel()
         if services.sip is not None:
             await services.sip.stop()
         await services.webrtc.close_all()
-        with contextlib.suppress(asyncio.CancelledError):
-            await warm
-        if services.stack is not None:
-            await services.stack.stop()
+        stack = services.models.current()
+        if stack is not None:
+            await stack.stop()
 
     # No unauthenticated docs: the schema is served behind a key, and the Swagger UI (a CDN page) not at all.
     app = FastAPI(title="Edge voice appliance", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -122,9 +66,14 @@ def create_app(services: ApiServices) -> FastAPI:
         return response
 
     @app.get("/health", tags=["device"])
-    async def health() -> dict[str, Any]:
-        """Liveness and readiness; the only route that needs no key."""
-        return {"status": "ok", "ready": services.stack is not None, "error": services.warm_error}
+    async def health(request: Request) -> dict[str, Any]:
+        """Liveness and readiness; the only route that needs no key. Under the supervisor it adds every
+        service's state, and with a valid key the supervisor's whole status."""
+        body: dict[str, Any] = {"status": "ok", **services.models.health()}
+        if services.supervisor is not None:
+            view = services.supervisor()
+            body["supervisor"] = view if valid_key(request) else public_view(view)
+        return body
 
     @app.get("/openapi.json", tags=["device"], include_in_schema=False)
     async def openapi(key: ApiKey = Depends(require_key)) -> JSONResponse:
@@ -145,40 +94,7 @@ def create_app(services: ApiServices) -> FastAPI:
     return app
 
 
-async def _warm(services: ApiServices) -> None:
-    try:
-        services.stack = await asyncio.to_thread(services.make_stack)
-    except Exception as exc:  # reported by /health and as 503s, never a crash of the server
-        services.warm_error = str(exc)
-
-
-def presented_token(request: Request) -> str | None:
-    """The key a request presents: 'Authorization: Bearer <key>', else the kiosk's sign-in cookie."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header and request.cookies.get(KEY_COOKIE):
-        scheme, token = "bearer", request.cookies[KEY_COOKIE]
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-def require_key(request: Request) -> ApiKey:
-    """Bearer authentication and the per-key rate limit."""
-    services: ApiServices = request.app.state.services
-    token = presented_token(request)
-    if token is None:
-        raise HTTPException(401, error_body("missing API key: send 'Authorization: Bearer <key>' (create one with "
-                                            "`appliance keys create NAME`)", "invalid_request_error", "missing_key"),
-                            headers={"WWW-Authenticate": "Bearer"})
-    key, reason = services.keys.check(token)
-    if key is None:
-        raise HTTPException(401, error_body("invalid API key", "invalid_request_error", "invalid_api_key"),
-                            headers={"WWW-Authenticate": "Bearer"})
-    if reason == "revoked":
-        raise HTTPException(403, error_body(f"API key {key.id} ({key.name}) was revoked", "invalid_request_error",
-                                            "revoked_key"))
-    wait = services.limiter.take(key.id)
-    if wait:
-        raise HTTPException(429, error_body(f"rate limit of {services.settings.rate_per_minute} requests per "
-                                            "minute exceeded", "rate_limit_error", "rate_limited"),
-                            headers={"Retry-After": str(max(1, round(wait)))})
-    return key
+def public_view(view: dict[str, Any]) -> dict[str, Any]:
+    """What /health shows of the supervisor without a key: states only (no pids, addresses, memory or errors)."""
+    return {"state": view.get("state"), "ready": view.get("ready"),
+            "services": {name: unit.get("state") for name, unit in view.get("services", {}).items()}}

@@ -16,7 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from appliance.api.app import KEY_COOKIE, ApiServices, require_key
+from appliance.api.auth import KEY_COOKIE, require_key
+from appliance.api.context import ApiServices
 from appliance.api.keys import ApiKey
 from appliance.api.limits import error_body
 from appliance.bot.modes import offered_pairs

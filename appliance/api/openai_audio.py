@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from appliance.api.app import ApiServices, require_key
+from appliance.api.auth import require_key
+from appliance.api.context import services_of
 from appliance.api.formats import FORMATS, Segment, render
 from appliance.api.keys import ApiKey
 from appliance.api.limits import error_body
@@ -30,18 +31,13 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 PCM_RATE = 24000  # the OpenAI API's "pcm": 24 kHz, 16-bit, mono, little-endian
 
 
-def _services(request: Request) -> ApiServices:
-    services: ApiServices = request.app.state.services
-    return services
-
-
 def _bad(message: str, code: str = "invalid_request") -> HTTPException:
     return HTTPException(400, error_body(message, "invalid_request_error", code))
 
 
 async def _audio_request(request: Request, file: UploadFile, task: str, language: str | None, prompt: str | None,
                          response_format: str) -> Any:
-    services = _services(request)
+    services = services_of(request)
     if response_format not in FORMATS:
         raise _bad(f"response_format {response_format!r} is not supported; use one of {', '.join(FORMATS)}")
     stack = services.ready_stack()
@@ -113,7 +109,7 @@ class SpeechRequest(BaseModel):
 @router.post("/audio/speech")
 async def speech(request: Request, body: SpeechRequest, key: ApiKey = Depends(require_key)) -> StreamingResponse:
     """Text to speech, streamed phrase by phrase as it is synthesised."""
-    stack: VoiceStack = _services(request).ready_stack()
+    stack: VoiceStack = services_of(request).ready_stack()
     try:
         voice = stack.voice(body.language)
     except ApplianceError as exc:
@@ -137,7 +133,7 @@ async def speech(request: Request, body: SpeechRequest, key: ApiKey = Depends(re
 
 @router.get("/models")
 async def models(request: Request, key: ApiKey = Depends(require_key)) -> dict[str, Any]:
-    ids = ["whisper-1", "tts-1", *_services(request).models()]
+    ids = ["whisper-1", "tts-1", *services_of(request).provisioned()]
     return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "appliance"}
                                        for i in ids]}
 

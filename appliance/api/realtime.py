@@ -16,10 +16,13 @@ import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import Field, ValidationError
 
+from appliance.api.auth import AuthError, authenticate
+from appliance.api.context import services_of
 from appliance.audio import AudioFrame, StreamResampler
 from appliance.bot.modes import SessionSpec, event_json, open_conversation
 from appliance.errors import ApplianceError
 from appliance.voice.conversation import Conversation, OutEvent, Speech
+from appliance.voice.readiness import ModelsNotReady
 from appliance.voice.stack import VoiceStack
 
 router = APIRouter()
@@ -34,20 +37,20 @@ class Start(SessionSpec):
 
 @router.websocket("/v1/stream")
 async def stream(ws: WebSocket) -> None:
-    from appliance.api.app import ApiServices
-
-    services: ApiServices = ws.app.state.services
-    token = ws.headers.get("authorization", "").partition(" ")[2] or ws.query_params.get("access_token", "")
-    key, reason = services.keys.check(token.strip()) if token else (None, "missing")
-    if key is None or reason:
-        await ws.close(code=4401 if key is None else 4403, reason="invalid API key" if key is None else "revoked key")
+    services = services_of(ws)
+    try:
+        authenticate(ws, query=True)  # as every route: Bearer or the kiosk's cookie (or ?access_token=), rate limit
+    except AuthError as exc:
+        await ws.close(code=4000 + exc.status, reason=exc.message[:120])
         return
     await ws.accept()
-    if services.stack is None:
-        await _send(ws, {"type": "error", "message": "models are warming up; retry shortly", "retry_after": 5})
-        await ws.close(code=1013)
+    try:
+        stack = services.models.require()
+    except ModelsNotReady as exc:
+        await _send(ws, {"type": "error", "message": str(exc), "retry_after": exc.retry_after_s})
+        await ws.close(code=1013 if exc.retry_after_s else 1011)
         return
-    session = _Session(ws, services.stack)
+    session = _Session(ws, stack)
     services.sessions.inc()
     try:
         await session.run()

@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from appliance.api.app import ApiServices, require_key
+from appliance.api.auth import require_key
+from appliance.api.context import ApiServices
 from appliance.api.keys import ApiKey
 from appliance.api.limits import error_body
 

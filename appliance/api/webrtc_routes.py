@@ -7,7 +7,8 @@ from typing import Literal
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 
-from appliance.api.app import ApiServices, require_key
+from appliance.api.auth import require_key
+from appliance.api.context import ApiServices
 from appliance.api.keys import ApiKey
 from appliance.api.limits import error_body
 from appliance.bot.modes import SessionSpec

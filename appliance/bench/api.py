@@ -19,13 +19,14 @@ from typing import Any
 import httpx
 import numpy as np
 
-from appliance.api.app import ApiServices
+from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
 from appliance.api.threaded import ThreadedServer
 from appliance.audio import resample, wav_bytes
 from appliance.bench.corpus import Prompt, last_speech_sample, load_prompts
 from appliance.bench.voice import STREAMING, latency_stats, run_turn
 from appliance.config.settings import ApiSettings
+from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 from appliance.webrtc.client import RATE, call
 
@@ -101,7 +102,7 @@ def run(stack: VoiceStack, limit: int, requests: int, progress: Progress) -> dic
         keys = KeyStore(Path(tmp) / "keys.json")
         _, token = keys.create("bench")
         settings = ApiSettings(rate_per_minute=1_000_000, max_sessions=4)
-        services = ApiServices(settings, keys, lambda: stack, list)
+        services = ApiServices(settings, keys, VoiceModels.of(stack), list)
         with ThreadedServer(services) as server:
             load = [asyncio.run(transcription_load(server.url, token, prompts, c, requests, progress))
                     for c in (1, 4, 8)]

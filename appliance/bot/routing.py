@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from appliance.bot.callbot import flow_app_factory
@@ -12,7 +11,7 @@ from appliance.bot.records import CallStore
 from appliance.bot.upstream import LlmClient, UpstreamOptions
 from appliance.config.paths import data_root
 from appliance.config.settings import BotSettings, UpstreamSettings
-from appliance.voice.stack import VoiceStack
+from appliance.voice.readiness import ModelsNotReady, VoiceModels
 
 
 def records_root(settings: BotSettings) -> Path:
@@ -26,8 +25,8 @@ class FlowRouter:
     FlowError at construction for a bad flow file, so a broken configuration stops start-up with the reason."""
 
     def __init__(self, settings: BotSettings, upstream: UpstreamSettings,
-                 stack: Callable[[], VoiceStack | None]) -> None:
-        self.settings, self.stack = settings, stack
+                 models: VoiceModels) -> None:
+        self.settings, self.models = settings, models
         self.default = load_flow(settings.flow or EXAMPLE_FLOW, settings.variables)
         self.flows: dict[str, Flow] = {n: load_flow(p, settings.variables) for n, p in settings.routes.items()}
         self.store = CallStore(records_root(settings), settings.retention_days, settings.max_calls)
@@ -40,9 +39,10 @@ class FlowRouter:
         return self.flows.get(called, self.default)
 
     def __call__(self, info: CallInfo) -> CallAppFactory | None:
-        stack = self.stack()
-        if stack is None:
-            raise NotReady("the voice models are still loading")
+        try:
+            stack = self.models.require()
+        except ModelsNotReady as exc:
+            raise NotReady(str(exc)) from None
         summarizer = self.llm if self.settings.llm_summary else None
         return flow_app_factory(stack, self.flow_for(info.called), self.store, self.llm, summarizer,
                                 self.settings.record_audio)

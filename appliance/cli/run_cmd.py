@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from appliance.cli.services import ApiService, Models, SipTask, WyomingTask, exit_now
+from appliance.cli.services import ApiService, SipTask, WyomingTask, exit_now
 from appliance.cli.state import CliState
 from appliance.supervisor.graph import API, SIP, WYOMING, GraphError, ServiceSpec, needs_process_restart, plan
 from appliance.supervisor.journal import journal_handler
@@ -28,9 +28,10 @@ from appliance.supervisor.service import Service
 from appliance.supervisor.supervisor import Supervisor, SupervisorOptions
 
 if TYPE_CHECKING:
-    from appliance.api.app import ApiServices
+    from appliance.api.context import ApiServices
     from appliance.api.keys import KeyStore
     from appliance.config import Settings
+    from appliance.voice.readiness import VoiceModels
 
 log = logging.getLogger(__name__)
 DEFAULT_GRACE_S = 20.0
@@ -41,7 +42,7 @@ TRIM_EVERY_S = 30.0
 class ApplianceGraph:
     """The supervisor's factory of the real services; everything they share is built once, here."""
 
-    models: Models
+    models: VoiceModels
     services: ApiServices
     supervisor: Supervisor | None = None
 
@@ -50,14 +51,14 @@ class ApplianceGraph:
 
     def make(self, spec: ServiceSpec, settings: Settings) -> Service:
         if spec.name == API:
-            return ApiService(settings, self.services, self._status)
+            return ApiService(settings, self.services)
         if spec.name == SIP:
-            return SipTask(settings, self.models, self.services)
+            return SipTask(settings, self.services)
         if spec.name == WYOMING:
             return WyomingTask(settings, self.models)
         raise GraphError(f"no service called {spec.name!r}")
 
-    def _status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         return self.supervisor.status() if self.supervisor is not None else {}
 
 
@@ -103,20 +104,22 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
               options: SupervisorOptions | None = None, notifier: Notifier | None = None) -> int:
     """Run until SIGTERM (0) or until every service failed (1). ``state_dir`` (`data_root()`: systemd's
     $STATE_DIRECTORY in the unit) holds status.json and, unless api.keys_file says otherwise, the API keys."""
-    from appliance.api.app import ApiServices
+    from appliance.api.context import ApiServices
     from appliance.api.keys import KeyStore
     from appliance.config import load_settings
     from appliance.device import Device
     from appliance.runtime import allocator
+    from appliance.voice.readiness import VoiceModels
 
     settings = await asyncio.to_thread(load_settings, settings_path)
     setup_logging(settings.log.level)
     device = await asyncio.to_thread(Device.open, settings)
-    models = Models(device.voice_stack)
+    models = VoiceModels(device.voice_stack)
     keys = keys or KeyStore(settings.api.keys_file or state_dir / "api-keys.json")
     provisioned = [m.id for m in device.catalog.models if device.store.is_active(m.id)]
-    services = ApiServices(settings.api, keys, device.voice_stack, lambda: provisioned, standalone=False)
+    services = ApiServices(settings.api, keys, models, lambda: provisioned, standalone=False)
     graph = ApplianceGraph(models, services)
+    services.supervisor = graph.status
     guard = MemoryGuard(MemoryOptions(), shed=lambda reason: None, recover=lambda: None)
 
     def extras() -> dict[str, Any]:
@@ -146,10 +149,6 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
         current[0] = new
         return new
 
-    async def warm() -> None:
-        await models.warm()
-        services.stack, services.warm_error = models.stack, models.error
-
     async def announce() -> None:
         await supervisor.ready.wait()
         print(where(supervisor.status(), settings), flush=True)
@@ -159,7 +158,7 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
             await asyncio.sleep(TRIM_EVERY_S)
             await asyncio.to_thread(allocator.trim)
 
-    background = [asyncio.create_task(warm(), name="models-warm"), asyncio.create_task(announce()),
+    background = [asyncio.create_task(models.warm(), name="models-warm"), asyncio.create_task(announce()),
                   asyncio.create_task(trim(), name="memory-trim")]
     if settings.supervisor.memory_guard:
         background.append(asyncio.create_task(guard.run(), name="memory-guard"))
@@ -169,8 +168,9 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        if models.stack is not None:
-            await models.stack.stop()
+        stack = models.current()
+        if stack is not None:
+            await stack.stop()
         await asyncio.to_thread(device.close)
 
 

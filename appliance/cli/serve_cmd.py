@@ -45,20 +45,22 @@ def serve(
     phone, until interrupted."""
     import uvicorn
 
-    from appliance.api.app import ApiServices, create_app
+    from appliance.api.app import create_app
+    from appliance.api.context import ApiServices
+    from appliance.voice.readiness import VoiceModels
 
     state: CliState = ctx.obj
     settings = state.settings
     device = state.device
     keys = key_store(settings)
     first_key(keys)
-    services = ApiServices(settings.api, keys, device.voice_stack,
+    services = ApiServices(settings.api, keys, VoiceModels(device.voice_stack),
                            lambda: [m.id for m in device.catalog.models if device.store.is_active(m.id)])
     if settings.sip.enabled:
         from appliance.bot.routing import FlowRouter
         from appliance.sip.service import SipService
 
-        router = FlowRouter(settings.bot, settings.upstream, lambda: services.stack)
+        router = FlowRouter(settings.bot, settings.upstream, services.models)
         services.sip = SipService(settings.sip, router)
         console.print(f"SIP on {settings.sip.host}:{settings.sip.port} (UDP and TCP), flow "
                       f"[bold]{router.default.name}[/]; calls wait for the models to load (503 until then)")
@@ -70,7 +72,7 @@ def wyoming(ctx: typer.Context) -> None:
     """Run the Wyoming speech-to-text and text-to-speech servers (Home Assistant) until interrupted."""
     import asyncio
 
-    from appliance.wyoming.handlers import ready
+    from appliance.voice.readiness import VoiceModels
     from appliance.wyoming.server import serve as serve_wyoming
 
     state: CliState = ctx.obj
@@ -78,7 +80,7 @@ def wyoming(ctx: typer.Context) -> None:
     stack = state.device.voice_stack()
     console.print(f"Wyoming STT on {conf.stt_uri}, TTS on {conf.tts_uri}; clients allowed: "
                   f"{', '.join(conf.allow) or 'any'}")
-    asyncio.run(serve_wyoming(ready(stack), conf.stt_uri, conf.tts_uri, conf.allow))
+    asyncio.run(serve_wyoming(VoiceModels.of(stack).wait, conf.stt_uri, conf.tts_uri, conf.allow))
 
 
 @keys_app.command("create")

@@ -19,162 +19,67 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from appliance.errors import ApplianceError
 from appliance.supervisor.service import ServiceError, TaskService
+from appliance.voice.readiness import WARM_THREAD
 
 if TYPE_CHECKING:
     import uvicorn
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from appliance.api.app import ApiServices
+    from appliance.api.context import ApiServices
     from appliance.bot.calls import CallAppFactory, CallInfo
     from appliance.bot.routing import FlowRouter
     from appliance.config import Settings
     from appliance.sip.service import SipService
-    from appliance.voice.stack import VoiceStack
+    from appliance.voice.readiness import VoiceModels
     from appliance.wyoming.server import WyomingServers
 
 log = logging.getLogger(__name__)
-RETRY_AFTER_S = 10
-WARM_WAIT_S = 5.0  # how long a Wyoming request waits for warming models before it is told to retry
-WARM_THREAD = "models-warm"
-
-
-class Models:
-    """The voice stack, built once in a worker thread and shared by every in-process service; whoever needs it
-    before it is warm waits a little (`wait`) or is told to retry."""
-
-    def __init__(self, build: Callable[[], VoiceStack]) -> None:
-        self._build = build
-        self._warmed = asyncio.Event()
-        self.stack: VoiceStack | None = None
-        self.error: str | None = None
-
-    def current(self) -> VoiceStack | None:
-        return self.stack
-
-    async def warm(self) -> None:
-        """Build the stack in a daemon thread of its own (``WARM_THREAD``), not the loop's executor: a SIGTERM
-        while the models load (seconds) must not wait for them — asyncio.run would join every executor thread
-        before exiting. The entry point then leaves with os._exit (see `exit_now`)."""
-        loop = asyncio.get_running_loop()
-        built: asyncio.Future[VoiceStack] = loop.create_future()
-
-        def build() -> None:
-            try:
-                stack = self._build()
-            except Exception as exc:  # reported in the status and as 503s, never fatal
-                _resolve(loop, built, None, exc)
-            else:
-                _resolve(loop, built, stack, None)
-
-        threading.Thread(target=build, name=WARM_THREAD, daemon=True).start()
-        try:
-            self.stack = await built
-        except Exception as exc:
-            self.error = str(exc)
-            log.error("the voice models could not be loaded: %s", exc)
-        finally:
-            self._warmed.set()
-
-    async def wait(self, timeout_s: float = WARM_WAIT_S) -> VoiceStack:
-        """The stack, waiting up to ``timeout_s`` while it warms; ApplianceError saying why there is none."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._warmed.wait()
-        if self.stack is not None:
-            return self.stack
-        if self.error is not None:
-            raise ApplianceError(f"the voice models could not be loaded: {self.error}")
-        raise ApplianceError(f"the voice models are still loading; retry in {RETRY_AFTER_S} s")
-
-    def note(self) -> str:
-        return "models ready" if self.stack else f"models failed: {self.error}" if self.error else "models warming"
+RETRY_AFTER_S = 10  # what a refused request is told while the appliance drains or sheds load
 
 
 def exit_now(code: int) -> None:
     """Exit at once if the models are still loading: the interpreter's normal teardown would run while a
     runtime initialises in the loading thread, and ONNX Runtime aborts then (SIGABRT, a core dump under
     systemd). Everything of ours has been stopped and flushed by now; logs are flushed here."""
-    if any(t.name == WARM_THREAD and t.is_alive() for t in threading.enumerate()):
+    if any(t.name == WARM_THREAD and t.is_alive() for t in threading.enumerate()):  # VoiceModels' loader
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
 
-def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any,
-             error: BaseException | None) -> None:
-    """Settle ``future`` from another thread; nothing to do once the loop has closed (we are exiting)."""
-
-    def settle() -> None:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(value)
-
-    with contextlib.suppress(RuntimeError):  # "Event loop is closed"
-        loop.call_soon_threadsafe(settle)
-
-
 class Gate:
     """ASGI wrapper of the API app. While refusing (draining, memory pressure) new work gets 503 with
     Retry-After — POST requests, and WebSocket sessions are closed with 1013 "try again later" — while GETs
-    (health, status, metrics, the kiosk page) and hang-ups still work. GET /health gains the supervisor's
-    view of every service under "supervisor": states only, or everything with a valid API key."""
+    (health, status, metrics, the kiosk page) and hang-ups still work."""
 
-    def __init__(self, app: ASGIApp, services: ApiServices, refusing: Callable[[], bool],
-                 supervisor: Callable[[], dict[str, Any]] | None) -> None:
-        self.app, self.services, self.refusing, self.supervisor = app, services, refusing, supervisor
+    def __init__(self, app: ASGIApp, refusing: Callable[[], bool]) -> None:
+        self.app, self.refusing = app, refusing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" and scope["method"] == "GET" and scope["path"] == "/health":
-            body = {"status": "ok", "ready": self.services.stack is not None, "error": self.services.warm_error}
-            if self.supervisor is not None:
-                view = self.supervisor()
-                body["supervisor"] = view if self._has_key(scope) else _public(view)
-            await self._json(send, 200, body)
-        elif kind == "websocket" and self.refusing():
+        if kind == "websocket" and self.refusing():
             await send({"type": "websocket.close", "code": 1013, "reason": "busy: retry later"})
         elif kind == "http" and scope["method"] == "POST" and self.refusing():
-            await self._json(send, 503, {"error": {"message": "the appliance is not taking new work right now "
-                                                   "(stopping or short of memory); retry shortly",
-                                                   "type": "server_error", "code": "unavailable"}},
-                             [(b"retry-after", str(RETRY_AFTER_S).encode())])
+            data = json.dumps({"error": {"message": "the appliance is not taking new work right now (stopping or "
+                                         "short of memory); retry shortly", "type": "server_error",
+                                         "code": "unavailable"}}).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(data)).encode()),
+                                    (b"retry-after", str(RETRY_AFTER_S).encode())]})
+            await send({"type": "http.response.body", "body": data})
         else:
             await self.app(scope, receive, send)
-
-    def _has_key(self, scope: Scope) -> bool:
-        """A valid, unrevoked API key presented as the API takes it (health itself needs none)."""
-        from starlette.requests import Request
-
-        from appliance.api.app import presented_token
-
-        token = presented_token(Request(scope))
-        key, reason = self.services.keys.check(token) if token else (None, "")
-        return key is not None and reason != "revoked"
-
-    async def _json(self, send: Send, status: int, body: dict[str, Any],
-                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        data = json.dumps(body, default=str).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode()), *(headers or [])]})
-        await send({"type": "http.response.body", "body": data})
-
-
-def _public(view: dict[str, Any]) -> dict[str, Any]:
-    """What /health shows without a key: states only (no pids, addresses, memory or errors)."""
-    return {"state": view.get("state"), "ready": view.get("ready"),
-            "services": {name: unit.get("state") for name, unit in view.get("services", {}).items()}}
 
 
 class ApiService(TaskService):
     """uvicorn serving the API app on the supervisor's loop; ready once it listens."""
 
-    def __init__(self, settings: Settings, services: ApiServices,
-                 supervisor: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, settings: Settings, services: ApiServices) -> None:
         super().__init__("api")
-        self.settings, self.services, self.supervisor = settings, services, supervisor
+        self.settings, self.services = settings, services
         self.server: uvicorn.Server | None = None
         self.refusing = False
         self._stopping = False
@@ -186,12 +91,11 @@ class ApiService(TaskService):
 
         class Server(uvicorn.Server):
             def capture_signals(self) -> Any:  # the supervisor owns SIGTERM/SIGHUP, not uvicorn
-                import contextlib
 
                 return contextlib.nullcontext()
 
         api = self.settings.api
-        app = Gate(create_app(self.services), self.services, lambda: self.refusing, self.supervisor)
+        app = Gate(create_app(self.services), lambda: self.refusing)
         config = uvicorn.Config(app, host=api.host, port=api.port, log_level=self.settings.log.level,
                                 log_config=None, lifespan="on", timeout_graceful_shutdown=3)
         self.server = server = Server(config)
@@ -246,9 +150,9 @@ class SipTask(TaskService):
     """The phone and its registrations. New calls are routed to the flows while the stack is warm and the
     supervisor is not refusing; otherwise they get 503 with Retry-After."""
 
-    def __init__(self, settings: Settings, models: Models, services: ApiServices) -> None:
+    def __init__(self, settings: Settings, services: ApiServices) -> None:
         super().__init__("sip")
-        self.settings, self.models, self.services = settings, models, services
+        self.settings, self.services = settings, services
         self.sip: SipService | None = None
         self.router: FlowRouter | None = None
         self.refusing = False
@@ -276,7 +180,7 @@ class SipTask(TaskService):
     def _make_router(self, settings: Settings) -> FlowRouter:
         from appliance.bot.routing import FlowRouter
 
-        return FlowRouter(settings.bot, settings.upstream, self.models.current)
+        return FlowRouter(settings.bot, settings.upstream, self.services.models)
 
     def _route(self, info: CallInfo) -> CallAppFactory | None:
         from appliance.bot.calls import NotReady
@@ -319,7 +223,7 @@ class SipTask(TaskService):
 class WyomingTask(TaskService):
     """The Wyoming STT and TTS servers on the shared stack (one copy of the models for every service)."""
 
-    def __init__(self, settings: Settings, models: Models) -> None:
+    def __init__(self, settings: Settings, models: VoiceModels) -> None:
         super().__init__("wyoming")
         self.settings, self.models = settings, models
         self.servers: WyomingServers | None = None

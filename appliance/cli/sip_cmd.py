@@ -26,11 +26,12 @@ def serve(ctx: typer.Context) -> None:
     """Answer calls with the configured flows (no HTTP API; `appliance serve` runs both) until interrupted."""
     from appliance.bot.routing import FlowRouter
     from appliance.sip.service import SipService
+    from appliance.voice.readiness import VoiceModels
 
     state: CliState = ctx.obj
     settings = state.settings
     stack = state.device.voice_stack()
-    router = FlowRouter(settings.bot, settings.upstream, lambda: stack)
+    router = FlowRouter(settings.bot, settings.upstream, VoiceModels.of(stack))
     service = SipService(settings.sip, router)
 
     async def run() -> None:

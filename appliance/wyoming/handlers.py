@@ -38,16 +38,7 @@ ATTRIBUTION = Attribution(name="edge voice appliance", url="https://example.inva
 MAX_AUDIO_S = 120.0
 CHUNK_SAMPLES = 1024
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-StackSource = Callable[[], Awaitable[VoiceStack]]  # the stack, waiting for it while warming; ApplianceError if not
-
-
-def ready(stack: VoiceStack) -> StackSource:
-    """A source for a stack that is already built (`appliance wyoming`, tests)."""
-
-    async def source() -> VoiceStack:
-        return stack
-
-    return source
+StackSource = Callable[[], Awaitable[VoiceStack]]  # VoiceModels.wait: the stack, waiting a little while it warms
 
 
 def describe(stack: VoiceStack) -> Info:
