@@ -52,7 +52,7 @@ def test_unsafe_call_ids_stay_inside_the_store(tmp_path: Path) -> None:
 
 
 def test_prune_by_age_and_count(tmp_path: Path) -> None:
-    store = CallStore(tmp_path, retention_days=30, max_calls=3)
+    store = CallStore(tmp_path, retention_days=30, max_records=3)
     for days in (45, 31, 20, 10, 5, 1):
         store.save(CallRecord(f"call-{days}", "example", T0 - timedelta(days=days), outcome="completed"))
     in_progress = store.call_dir("call-live")  # a WAV being written, no record yet
@@ -61,7 +61,7 @@ def test_prune_by_age_and_count(tmp_path: Path) -> None:
     assert sorted(p.name for p in gone) == ["call-10", "call-20", "call-31", "call-45"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["call-1", "call-5", "call-live"]
     assert [r.call_id for r in store.records()] == ["call-5", "call-1"]
-    assert CallStore(tmp_path, retention_days=None, max_calls=None).prune(now=T0 + timedelta(days=999)) == []
+    assert CallStore(tmp_path, retention_days=None, max_records=None).prune(now=T0 + timedelta(days=999)) == []
 
 
 @pytest.mark.parametrize(("text", "masked"), [

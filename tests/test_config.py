@@ -79,3 +79,15 @@ def test_secret_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     assert "sk-very-secret" not in str(err.value)
+
+
+def test_call_records_limit_has_its_own_name_and_the_old_one_still_reads(tmp_path: Path) -> None:
+    """`bot.max_records` (records kept) is not `sip.max_calls` (calls at once); files written with the old
+    `bot.max_calls` keep working."""
+    old, new = tmp_path / "old.toml", tmp_path / "new.toml"
+    old.write_text("[bot]\nmax_calls = 50\n[sip]\nmax_calls = 3\n")
+    new.write_text("[bot]\nmax_records = 60\n")
+    settings = load_settings(old)
+    assert settings.bot.max_records == 50 and settings.sip.max_calls == 3
+    assert load_settings(new).bot.max_records == 60
+    assert "max_records = 50" in render_settings(settings)

@@ -21,7 +21,7 @@ from appliance.api.context import services_of
 from appliance.api.formats import FORMATS, Segment, render
 from appliance.api.keys import ApiKey
 from appliance.api.limits import error_body
-from appliance.audio import AudioError, read_audio
+from appliance.audio import ASR_RATE, AudioError, read_audio
 from appliance.errors import ApplianceError
 from appliance.voice.asr import AsrOptions
 from appliance.voice.offline import segments
@@ -44,7 +44,7 @@ async def _audio_request(request: Request, file: UploadFile, task: str, language
     data = await file.read()
 
     def work() -> tuple[str, float, list[Segment]]:
-        audio = read_audio(data, 16000, max_seconds=services.settings.max_audio_s)
+        audio = read_audio(data, ASR_RATE, max_seconds=services.settings.max_audio_s)
         options = AsrOptions(language=language, task=task, prompt=prompt)  # type: ignore[arg-type]
         asr = stack.asr[stack.asr_model(language, task)]
         found, detected = [], language or "en"

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 
 from appliance.api.auth import AuthError, authenticate
 from appliance.api.context import services_of
-from appliance.audio import AudioFrame, StreamResampler
+from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
 from appliance.bot.modes import SessionSpec, event_json, open_conversation
 from appliance.errors import ApplianceError
 from appliance.voice.conversation import Conversation, OutEvent, Speech
@@ -104,7 +104,7 @@ class _Session:
             self.start = None
             await self._error(str(exc))
             return
-        self.resampler = StreamResampler(self.start.sample_rate, 16000, quality="QQ")
+        self.resampler = StreamResampler(self.start.sample_rate, ASR_RATE, quality="QQ")
         await _send(self.ws, {"type": "ready", "mode": self.start.mode, "output_rate": self.start.output_rate})
 
     async def _audio(self, data: bytes) -> None:
@@ -132,7 +132,7 @@ class _Session:
         if self.conversation is not None:
             if self.resampler is not None and (tail := self.resampler.flush()) is not None:
                 await self.conversation.feed(tail.to_float32())
-            await self.conversation.feed(np.zeros(16000, np.float32))  # let the endpointer close the turn
+            await self.conversation.feed(np.zeros(ASR_RATE, np.float32))  # let the endpointer close the turn
             await self.conversation.close(drain=True)
             self.conversation = None
         await _send(self.ws, {"type": "done"})

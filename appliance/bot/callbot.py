@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from appliance.audio.frame import float_to_int16
+from appliance.audio.frame import ASR_RATE, float_to_int16
 from appliance.audio.queue import PcmQueue
 from appliance.bot.calls import CallApp, CallAppFactory, CallControl
 from appliance.bot.engine import Action, FlowEngine, Hangup, Listen, Say, StartRecording, Transfer
@@ -32,7 +32,7 @@ from appliance.voice.listener import Transcript
 from appliance.voice.stack import VoiceStack
 
 log = logging.getLogger(__name__)
-RATE = 16000
+RATE = ASR_RATE
 
 
 class FlowCallApp:

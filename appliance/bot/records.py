@@ -169,13 +169,13 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 
 class CallStore:
-    """One directory per call under ``root``; ``prune()`` keeps at most ``max_calls`` of at most
+    """One directory per call under ``root``; ``prune()`` keeps at most ``max_records`` of at most
     ``retention_days`` days (None: no limit)."""
 
-    def __init__(self, root: Path, retention_days: float | None = 30, max_calls: int | None = 10_000) -> None:
+    def __init__(self, root: Path, retention_days: float | None = 30, max_records: int | None = 10_000) -> None:
         self.root = Path(root)
         self.retention_days = retention_days
-        self.max_calls = max_calls
+        self.max_records = max_records
 
     def call_dir(self, call_id: str) -> Path:
         """The call's directory (created): the call layer writes its WAVs here."""
@@ -220,7 +220,7 @@ class CallStore:
         return sorted(calls)
 
     def prune(self, now: datetime | None = None) -> list[Path]:
-        """Delete calls older than the retention, then the oldest beyond ``max_calls``; returns what went."""
+        """Delete calls older than the retention, then the oldest beyond ``max_records``; returns what went."""
         now = now or datetime.now(UTC)
         calls = self._calls()
         doomed: list[Path] = []
@@ -228,10 +228,10 @@ class CallStore:
             cutoff = now - timedelta(days=self.retention_days)
             doomed += [d for started, d in calls if started < cutoff]
         kept = [d for _, d in calls if d not in doomed]
-        if self.max_calls is not None and len(kept) > self.max_calls:
+        if self.max_records is not None and len(kept) > self.max_records:
             # A directory without its record is a call in progress: never pruned for count.
             finished = [d for d in kept if (d / RECORD_FILE).exists()]
-            doomed += finished[: len(kept) - self.max_calls]
+            doomed += finished[: len(kept) - self.max_records]
         for directory in doomed:
             shutil.rmtree(directory, ignore_errors=True)
         if doomed:

@@ -29,7 +29,7 @@ class FlowRouter:
         self.settings, self.models = settings, models
         self.default = load_flow(settings.flow or EXAMPLE_FLOW, settings.variables)
         self.flows: dict[str, Flow] = {n: load_flow(p, settings.variables) for n, p in settings.routes.items()}
-        self.store = CallStore(records_root(settings), settings.retention_days, settings.max_calls)
+        self.store = CallStore(records_root(settings), settings.retention_days, settings.max_records)
         self.llm: LlmClient | None = None
         if upstream.base_url:
             key = upstream.api_key.get_secret_value() if upstream.api_key else None

@@ -130,7 +130,7 @@ def call(
         factory = mode_app_factory(stack, SessionSpec(mode=mode, language=language, target=target))
     else:
         loaded = load_flow(flow or settings.bot.flow or EXAMPLE_FLOW, settings.bot.variables if not flow else None)
-        store = CallStore(records_root(settings.bot), settings.bot.retention_days, settings.bot.max_calls)
+        store = CallStore(records_root(settings.bot), settings.bot.retention_days, settings.bot.max_records)
         factory = flow_app_factory(stack, loaded, store, record_audio=settings.bot.record_audio)
     user, digest = account_credentials(settings.sip, account) if account else ("appliance", None)
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from appliance.audio import read_audio, write_wav
+from appliance.audio import ASR_RATE, read_audio, write_wav
 from appliance.cli.state import CliState
 from appliance.errors import ApplianceError
 from appliance.voice.asr import AsrOptions
@@ -29,7 +29,7 @@ def _progress() -> Progress:
 
 def _utterances(stack: VoiceStack, audio: np.ndarray, label: str) -> list[tuple[float, float, np.ndarray]]:
     with _progress() as progress:
-        task = progress.add_task(label, total=len(audio) / 16000)
+        task = progress.add_task(label, total=len(audio) / ASR_RATE)
         return [(s.start, s.end, s.audio) for s in segments(audio, stack.new_vad(),
                                                              progress=lambda sec: progress.advance(task, sec))]
 

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -35,7 +35,7 @@ class ModelsSettings(_Section):
     )
     converter_python: Path | None = Field(
         None,
-        description="Python with the conversion tools (requirements-convert.txt; `make` builds .venv-convert). "
+        description="Python with the conversion tools (requirements/convert.txt; `make` builds .venv-convert). "
         "When set, `models pull` also builds derived variants such as TFLite; otherwise it skips them.",
     )
 
@@ -174,7 +174,9 @@ class BotSettings(_Section):
     retention_days: float | None = Field(
         30, gt=0, description="Delete call records older than this many days; unset: keep them."
     )
-    max_calls: int | None = Field(10_000, ge=1, description="Keep at most this many call records; unset: no limit.")
+    max_records: int | None = Field(
+        10_000, ge=1, validation_alias=AliasChoices("max_records", "max_calls"),
+        description="Keep at most this many call records; unset: no limit (formerly bot.max_calls, still read).")
     llm_model: str = Field("default", description="Model name sent to the upstream tier for llm steps.")
     llm_timeout_s: float = Field(
         3.0, gt=0, le=30, description="Longest a caller waits for an upstream answer before the flow's fallback."

@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from appliance.audio.frame import ASR_RATE
 from appliance.errors import ApplianceError
 from appliance.models.residency import Lease, Pinned
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = ASR_RATE
 FRAMES_PER_SECOND = 100  # Whisper's mel hop is 10 ms
 FULL_WINDOW = 3000  # 30 s, what the model was trained on
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from appliance.audio.frame import ASR_RATE
 from appliance.voice.endpoint import Endpointer, EndpointOptions, SpeechEnded, SpeechStarted
 from appliance.voice.vad import SAMPLE_RATE, Vad
 
-BLOCK = 16000  # feed a second at a time: the endpointer does not care about real time
+BLOCK = ASR_RATE  # feed a second at a time: the endpointer does not care about real time
 
 # A file is cut at pauses of half a second, and at 25 s at the latest (Whisper's window is 30 s).
 FILE_ENDPOINT = EndpointOptions(hangover_ms=500, pre_roll_ms=200, max_utterance_s=25.0)

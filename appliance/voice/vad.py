@@ -10,10 +10,11 @@ from typing import Protocol
 
 import numpy as np
 
+from appliance.audio.frame import ASR_RATE
 from appliance.errors import ApplianceError
 from appliance.runtime.base import TensorSession
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = ASR_RATE
 
 
 class Vad(Protocol):

@@ -27,7 +27,7 @@ from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from appliance import __version__
-from appliance.audio import resample
+from appliance.audio import ASR_RATE, resample
 from appliance.errors import ApplianceError
 from appliance.voice.asr import AsrOptions
 from appliance.voice.offline import segments
@@ -96,7 +96,7 @@ class SttHandler(_Guarded):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.language: str | None = None
-        self.rate = 16000
+        self.rate = ASR_RATE
         self.pieces: list[np.ndarray] = []
         self.samples = 0
 
@@ -125,7 +125,7 @@ class SttHandler(_Guarded):
 
     async def _transcribe(self) -> None:
         audio = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
-        audio = resample(audio, self.rate, 16000) if self.rate != 16000 else audio
+        audio = resample(audio, self.rate, ASR_RATE) if self.rate != ASR_RATE else audio
         stack, language = await self.stack(), self.language
         if stack is None:
             return

@@ -1,6 +1,6 @@
 """Offline ONNX -> TFLite conversion of the Silero VAD v6 model shipped in faster-whisper.
 
-Usage: python silero_vad_tflite.py SRC.onnx OUT.tflite   (in the converter venv, see requirements-convert.txt)
+Usage: python silero_vad_tflite.py SRC.onnx OUT.tflite   (in the converter venv, see requirements/convert.txt)
 
 Requires (pinned, all from PyPI): onnx2tf==1.29.24 (which pins tensorflow==2.19.0,
 tf-keras==2.19.0, onnx==1.19.1, onnxruntime==1.23.0, ai-edge-litert==2.1.0, ...).
