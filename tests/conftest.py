@@ -13,7 +13,7 @@ from appliance.device import Device
 from appliance.models import Catalog, ModelStore, load_catalog
 from appliance.runtime import Backend, BackendContext, make_backends
 from appliance.voice.stack import VoiceStack
-from tests.supervision import Listener
+from tests.support.supervision import Listener
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERTER_PYTHON = ROOT / ".venv-convert" / "bin" / "python"

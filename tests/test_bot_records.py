@@ -15,7 +15,7 @@ from appliance.bot.engine import FlowEngine
 from appliance.bot.flow import EXAMPLE_FLOW, load_flow
 from appliance.bot.records import CallRecord, CallRecorder, CallStore, Turn, extractive_summary, redact, summarize
 from appliance.bot.upstream import LlmClient, UpstreamOptions
-from tests.test_bot_upstream import OpenAiPeer
+from tests.support.openai_peer import OpenAiPeer
 
 T0 = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
 

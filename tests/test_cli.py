@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from appliance.models import ModelStore
-
-TIMEOUT = 300
-
-
-def appliance(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True,
-                          env=full_env, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    return proc
+from tests.support.cli import appliance
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import pytest
 
 from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
+from appliance.api.threaded import ThreadedServer as Server
 from appliance.audio import read_audio, write_wav
 from appliance.bench.text import normalise
 from appliance.config.settings import ApiSettings
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
-from tests.test_api import Server
 
 EN = Path("/usr/share/asterisk/sounds/en")
 ES = Path("/usr/share/asterisk/sounds/es")

@@ -20,7 +20,7 @@ from appliance.kiosk.local import run_local
 from appliance.kiosk.sound import SoundDevice, SoundError, SoundSystem
 from appliance.voice.asr import AsrOptions
 from appliance.voice.stack import VoiceStack
-from tests.test_cli import appliance
+from tests.support.cli import appliance
 
 EN = Path("/usr/share/asterisk/sounds/en")
 ASOUNDRC = """pcm.kioskcard {{

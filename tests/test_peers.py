@@ -19,7 +19,10 @@ from appliance.sip import digest
 from appliance.sip.digest import DigestClient
 from appliance.sip.message import Request, Response, parse
 from appliance.sip.uri import SipUri
-from tests.peers import BARESIP, KAMAILIO, SIPP, Account, Baresip, Kamailio, free_port
+from tests.support.peers import BARESIP, KAMAILIO, SIPP, Account, Baresip, Kamailio, free_port
+from tests.support.sipp import UAS_ECHO
+
+SCENARIOS = Path(__file__).parent / "fixtures" / "sip"
 
 PROMPT = Path("/usr/share/asterisk/sounds/en/agent-pass.wav")
 needs_kamailio = pytest.mark.skipif(KAMAILIO is None, reason="needs kamailio (Debian kamailio, make test installs it)")
@@ -174,51 +177,7 @@ def assert_hears_prompt(recording: Path, min_seconds: float) -> None:
 
 
 # SIPp's built-in "uas" scenario, minus its final 4 s timewait.
-UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="answer, echo the media, take the BYE">
-  <recv request="INVITE" crlf="true"/>
-  <send><![CDATA[
-SIP/2.0 180 Ringing
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-Content-Length: 0
-]]></send>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-]]></send>
-  <recv request="ACK" optional="true" crlf="true"/>
-  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-]]></send>
-</scenario>
-"""
+UAS = UAS_ECHO.read_text()
 
 
 @needs_baresip
@@ -260,58 +219,7 @@ def test_two_baresips_talk_g722(tmp_path: Path) -> None:
         assert_hears_prompt(recording, min_seconds=3.0)
 
 
-UAC_THROUGH_PROXY = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="call through a record-routing proxy">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:sipp@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=sipp 1 1 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send><![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-[routes]
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <pause milliseconds="4000"/>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-[routes]
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
+UAC_THROUGH_PROXY = (SCENARIOS / "uac_through_proxy.xml").read_text()
 
 
 @needs_kamailio

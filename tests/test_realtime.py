@@ -13,11 +13,11 @@ from websockets.sync.client import ClientConnection, connect
 
 from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
+from appliance.api.threaded import ThreadedServer as Server
 from appliance.audio import read_audio
 from appliance.config.settings import ApiSettings
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
-from tests.test_api import Server
 
 ES = Path("/usr/share/asterisk/sounds/es")
 EN = Path("/usr/share/asterisk/sounds/en")

@@ -25,9 +25,9 @@ from appliance.sip.message import Response, parse
 from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
-from tests.test_sip_call import EN, sipp
+from tests.support.sipp import EN, sipp
 
-SCENARIOS = Path(__file__).parent / "sip"
+SCENARIOS = Path(__file__).parent / "fixtures" / "sip"
 DTMF = Path("/usr/share/sip-tester")
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="needs sipp (sip-tester; make test)")
 

@@ -4,26 +4,19 @@ arrives as RFC 4733, the bot's answer goes back as RTP; capacity turns calls awa
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from appliance.audio import read_audio
 from appliance.audio.queue import PcmQueue
-from appliance.bench.pcap import write_rtp_pcap
 from appliance.bench.text import normalise
 from appliance.bot.calls import CallApp, CallControl, CallInfo, ModeCallApp
 from appliance.bot.modes import SessionSpec
 from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.stack import VoiceStack
+from tests.support.sipp import SIPP, scenario, sipp
 
-SIPP = shutil.which("sipp")
-SCENARIOS = Path(__file__).parent / "sip"
-EN = Path("/usr/share/asterisk/sounds/en")
-DTMF_1 = Path("/usr/share/sip-tester/dtmf_2833_1.pcap")
 pytestmark = pytest.mark.skipif(SIPP is None, reason="needs sipp (Debian sip-tester, installed by make test)")
 
 
@@ -39,32 +32,6 @@ class RecordingApp(ModeCallApp):
 
     async def dtmf(self, digit: str) -> None:
         self.log.setdefault("digits", []).append(digit)
-
-
-def scenario(tmp: Path, prompt: str, listen_ms: int) -> Path:
-    pcm = read_audio(EN / f"{prompt}.wav", 8000).samples
-    pcm = np.concatenate([np.zeros(4000, np.float32), pcm, np.zeros(8000, np.float32)])
-    speech_s = write_rtp_pcap(tmp / "speech.pcap", pcm)
-    text = (SCENARIOS / "uac_speech.xml").read_text()
-    text = text.replace("@SPEECH@", str(tmp / "speech.pcap")).replace("@DTMF@", str(DTMF_1))
-    text = text.replace("@SPEECH_MS@", str(int(speech_s * 1000))).replace("@LISTEN_MS@", str(listen_ms))
-    path = tmp / "call.xml"
-    path.write_text(text)
-    return path
-
-
-async def sipp(path: Path, port: int, calls: int = 1, rate: int = 10, limit: int | None = None,
-               extra: tuple[str, ...] = ()) -> tuple[int, str]:
-    assert SIPP
-    args = [SIPP, "-sf", str(path), "-m", str(calls), "-r", str(rate), "-i", "127.0.0.1", "-p", "0",
-            "-mp", "0", "-s", "bot", "-timeout", "60s", "-timeout_error", "-nostdin", *extra]
-    if limit:
-        args += ["-l", str(limit)]
-    proc = await asyncio.create_subprocess_exec(*args, f"127.0.0.1:{port}", stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode(errors="replace")[-3000:]
 
 
 def test_sipp_call_speaks_to_the_echo_bot(stack: VoiceStack, tmp_path: Path) -> None:

@@ -12,16 +12,16 @@ import pytest
 
 from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
+from appliance.api.threaded import ThreadedServer as Server
 from appliance.bot.routing import FlowRouter
 from appliance.config.settings import ApiSettings, BotSettings, SipSettings, UpstreamSettings
 from appliance.models import ModelStore
 from appliance.sip.service import SipService
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
-from tests.peers import free_port
-from tests.test_api import Server
-from tests.test_cli import appliance
-from tests.test_peers import UAS
+from tests.support.cli import appliance
+from tests.support.peers import free_port
+from tests.support.sipp import UAS_ECHO
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_check_flows(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("sipp") is None, reason="needs sipp (sip-tester; make test)")
 def test_call_says_its_text_to_an_answering_sipp(env: dict[str, str], tmp_path: Path) -> None:
     scenario = tmp_path / "uas.xml"
-    scenario.write_text(UAS)
+    scenario.write_text(UAS_ECHO.read_text())
     port = free_port()
     sipp = subprocess.Popen(["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-m", "1",
                              "-rtp_echo", "-mp", str(free_port(tcp_too=False, also=(2,))), "-timeout", "60s",

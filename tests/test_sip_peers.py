@@ -23,7 +23,7 @@ from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.asr import AsrOptions
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
-from tests.peers import BARESIP, KAMAILIO, Account, Baresip, Kamailio
+from tests.support.peers import BARESIP, KAMAILIO, Account, Baresip, Kamailio
 
 PROMPT = Path("/usr/share/asterisk/sounds/en/agent-alreadyon.wav")
 needs_peers = pytest.mark.skipif(BARESIP is None or KAMAILIO is None,

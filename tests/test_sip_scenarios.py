@@ -27,10 +27,10 @@ from appliance.sip.phone import CallFailed, Phone, PhoneOptions, Router
 from appliance.sip.sdp import parse_sdp
 from appliance.sip.transaction import Timers
 from appliance.voice.stack import VoiceStack
-from tests.peers import free_port
+from tests.support.peers import free_port
 
 SIPP = shutil.which("sipp")
-SCENARIOS = Path(__file__).parent / "sip"
+SCENARIOS = Path(__file__).parent / "fixtures" / "sip"
 RTP_PORTS = (33000, 33200)
 pytestmark = pytest.mark.skipif(SIPP is None, reason="needs sipp (Debian sip-tester, installed by make test)")
 
@@ -350,7 +350,7 @@ def test_unknown_dialog_unusable_offer_and_unknown_number_are_refused(tmp_path: 
 # ---- 6. SIP over TCP
 
 def test_speech_call_over_tcp(tmp_path: Path) -> None:
-    from tests.test_sip_call import scenario
+    from tests.support.sipp import scenario
 
     heard: list[Heard] = []
 

@@ -15,7 +15,7 @@ from appliance.sip.agent import UserAgent
 from appliance.sip.message import Response, parse
 
 SIPP = shutil.which("sipp")
-SCENARIOS = Path(__file__).parent / "sip"
+SCENARIOS = Path(__file__).parent / "fixtures" / "sip"
 OPTIONS = (b"OPTIONS sip:bot@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
            b"From: <sip:tester@127.0.0.1>;tag=77\r\nTo: <sip:bot@127.0.0.1>\r\nCall-ID: {branch}@tester\r\n"
            b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")

@@ -37,7 +37,7 @@ from appliance.supervisor import (
 from appliance.supervisor.journal import NativeJournalHandler, encode_fields
 from appliance.supervisor.memory import assess, read_memory
 from appliance.supervisor.service import RestartTracker
-from tests.supervision import (
+from tests.support.supervision import (
     FAST,
     Factory,
     Fake,

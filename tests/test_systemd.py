@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.systemd_guest import Bind, Guest, GuestError, boot, ensure_rootfs, missing_tools, namespaces_denied
+from tests.support.systemd_guest import Bind, Guest, GuestError, boot, ensure_rootfs, missing_tools, namespaces_denied
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "images" / "systemd"
@@ -252,7 +252,7 @@ def test_stop_is_clean(guest: Guest) -> None:
 
 
 def test_the_guest_comes_from_the_hosts_debian_mirror(tmp_path: Path) -> None:
-    from tests.systemd_guest import host_mirror
+    from tests.support.systemd_guest import host_mirror
 
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list.d" / "debian.sources").write_text(

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from appliance.audio import read_audio
 from appliance.models import ModelStore
-from tests.test_cli import appliance
+from tests.support.cli import appliance
 
 EN = Path("/usr/share/asterisk/sounds/en")
 ES = Path("/usr/share/asterisk/sounds/es")

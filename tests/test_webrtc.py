@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
+from appliance.api.threaded import ThreadedServer as Server
 from appliance.audio import read_audio
 from appliance.bench.text import normalise
 from appliance.bot.modes import SessionSpec
@@ -26,7 +27,6 @@ from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 from appliance.webrtc.client import RATE, PcmSource, call
 from appliance.webrtc.peer import WebRtcSession
-from tests.test_api import Server
 
 EN = Path("/usr/share/asterisk/sounds/en")
 ES = Path("/usr/share/asterisk/sounds/es")

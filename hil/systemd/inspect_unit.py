@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.systemd_guest import Bind, boot, ensure_rootfs  # noqa: E402
+from tests.support.systemd_guest import Bind, boot, ensure_rootfs  # noqa: E402
 from tests.test_systemd import CONFIG, GUEST_VENV, UNIT, UNITS, guest_venv  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from appliance.supervisor import Notifier, ProcessService, RestartPolicy, Service, ServiceSpec, TaskService
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVER = """
 import socket, sys
 s = socket.socket()
