@@ -26,7 +26,7 @@ from tests.support.supervision import ROOT, Factory, Listener, free_port, until,
 
 
 def test_sighup_applies_a_changed_setting_to_the_running_appliance(listener: Listener, tmp_path: Path) -> None:
-    """`appliance.cli.run_cmd.run` in a subprocess (empty model store: no models): SIGHUP with a changed
+    """`appliance.services.run` in a subprocess (empty model store: no models): SIGHUP with a changed
     sip.max_calls and api.rate_per_minute applies both without restarting the phone; SIGTERM exits 0."""
     config, state = tmp_path / "appliance.toml", tmp_path / "state"
 
@@ -49,7 +49,7 @@ records_dir = "{tmp_path / 'calls'}"
     write(8, 120)
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env |= {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "2000000", "PYTHONPATH": str(ROOT)}
-    code = "import asyncio, sys; from pathlib import Path; from appliance.cli.run_cmd import run; " \
+    code = "import asyncio, sys; from pathlib import Path; from appliance.services import run; " \
            "sys.exit(asyncio.run(run(Path(sys.argv[1]), Path(sys.argv[2]))))"
     proc = subprocess.Popen([sys.executable, "-c", code, str(config), str(state)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -128,7 +128,7 @@ def test_sigterm_while_the_models_load_exits_at_once_and_cleanly(listener: Liste
 
 # -- the appliance's own services -----------------------------------------------------------------------------------
 def test_the_api_gate_refuses_new_work_while_reads_go_on() -> None:
-    from appliance.cli.services import Gate
+    from appliance.services.api import Gate
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -223,8 +223,8 @@ def test_wyoming_serves_the_shared_models_and_waits_for_them_while_they_warm() -
     from wyoming.client import AsyncTcpClient
     from wyoming.info import Describe, Info
 
-    from appliance.cli.services import WyomingTask
     from appliance.config.settings import WyomingSettings
+    from appliance.services.wyoming import WyomingTask
     from appliance.voice.readiness import VoiceModels
 
     stt, tts = free_port(), free_port()
@@ -281,7 +281,7 @@ def test_wyoming_serves_the_shared_models_and_waits_for_them_while_they_warm() -
 
 def test_the_phone_turns_new_calls_away_while_refusing() -> None:
     from appliance.bot.calls import CallInfo, NotReady
-    from appliance.cli.services import SipTask
+    from appliance.services.sip import SipTask
 
     services: Any = SimpleNamespace(sip=None)
     task = SipTask(Settings(), services)
@@ -291,8 +291,8 @@ def test_the_phone_turns_new_calls_away_while_refusing() -> None:
 
 
 def test_where_the_services_listen_is_said_for_people() -> None:
-    from appliance.cli.run_cmd import where
     from appliance.config.settings import WyomingSettings
+    from appliance.services import where
 
     status = {"services": {"api": {"state": "ready", "listen": "0.0.0.0:8080"},
                            "sip": {"state": "ready", "listen": "192.168.1.20:5060"},

@@ -105,3 +105,9 @@ def test_the_first_api_key_is_printed_on_a_terminal_only(tmp_path: Path, monkeyp
     assert keys.check(token) == (key, "")
     first_key(keys)  # one is enough
     assert len(keys.list()) == 1 and capsys.readouterr().out == ""
+
+
+def test_run_only_names_the_services_it_knows() -> None:
+    proc = appliance("run", "--only", "api,fleet")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "error: --only 'api,fleet': the services are api, sip, wyoming (comma-separated)"

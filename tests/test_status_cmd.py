@@ -254,3 +254,17 @@ def test_the_status_file_of_a_real_supervisor(tmp_path: Path, builders: dict[str
     assert result.exit_code == 3 and f"not running (stopped; pid {os.getpid()}" in result.stdout
     as_json = json.loads(invoke("--state-dir", str(status_file.parent), "--json").stdout)
     assert as_json["state"] == "stopped" and as_json["alive"] is True
+
+
+def test_a_late_refresh_never_overwrites_the_final_status(tmp_path: Path) -> None:
+    """A refresh read before the final state but written after it (its thread outlived its cancelled awaiter)
+    is dropped: the file keeps the newest state."""
+    from appliance.supervisor.supervisor import StatusFile
+
+    path, writes = tmp_path / "status.json", StatusFile()
+    refresh, final = writes.next(), writes.next()
+    assert writes.write(path, {"state": "stopped"}, final)
+    assert not writes.write(path, {"state": "running"}, refresh)
+    assert json.loads(path.read_text())["state"] == "stopped"
+    assert writes.write(path, {"state": "starting"}, writes.next())  # a later one still lands
+    assert json.loads(path.read_text())["state"] == "starting"

@@ -8,15 +8,14 @@ import time
 
 import numpy as np
 
-from appliance.audio import AudioFrame
+from appliance.audio.queue import PcmQueue
 from appliance.bench.corpus import Prompt
 from appliance.bench.text import wer
-from appliance.bot.echo import EchoBot
+from appliance.bot.modes import EventRelay, SessionSpec, open_conversation
 from appliance.voice.asr import AsrOptions
-from appliance.voice.conversation import Conversation, Flush, OutEvent, Speech
+from appliance.voice.conversation import Conversation, OutEvent, Speech
 from appliance.voice.endpoint import SpeechStarted
 from appliance.voice.listener import ListenerEvent, Transcript
-from appliance.voice.playout import Playout
 from appliance.voice.stack import VoiceStack
 
 SILENCE = np.zeros(16000, np.float32)
@@ -59,43 +58,47 @@ def test_streaming_finals_match_batch(stack: VoiceStack, prompts_en: list[Prompt
 
 
 def test_barge_in_stops_playout_within_100_ms(stack: VoiceStack, prompts_en: list[Prompt]) -> None:
-    played: list[tuple[float, int]] = []
+    """As the transports play: the session's relay queues speech in a PcmQueue that a paced taker empties
+    every 20 ms (a WebRTC track, the RTP sender, a sound card); the caller talking over the bot must
+    silence it within 100 ms."""
+    taken: list[tuple[float, bool]] = []  # (when, held speech)
     detected: list[float] = []
     flushes: list[float] = []
+    speaker = PcmQueue()
+
+    def send(event: dict[str, object]) -> None:
+        if event["type"] == "speech_started":
+            detected.append(time.monotonic())
+        elif event["type"] == "flush":
+            flushes.append(time.monotonic())
+
+    async def play() -> None:
+        while True:
+            frame = speaker.take(320)
+            taken.append((time.monotonic(), bool(np.any(frame))))
+            await asyncio.sleep(0.02)
 
     async def run() -> None:
-        async def sink(frame: AudioFrame, utterance: int) -> None:
-            played.append((time.monotonic(), utterance))
-
-        playout = Playout(sink, 16000)
-
-        async def output(event: OutEvent) -> None:
-            if isinstance(event, SpeechStarted):
-                detected.append(time.monotonic())
-            if isinstance(event, Flush):
-                flushes.append(time.monotonic())
-            await playout.handle(event)
-
-        bot = EchoBot(output)
-        conversation = Conversation(lambda emit: stack.listener(AsrOptions(language="en"), emit),
-                                    stack.tts("en", out_rate=16000), bot.respond, output, predict=bot.predict)
+        player = asyncio.create_task(play())
+        conversation = open_conversation(stack, SessionSpec(mode="echo"), EventRelay("echo", speaker, send), 16000)
         long_prompt = max(prompts_en, key=lambda p: p.duration)
         await feed(conversation, np.concatenate([long_prompt.audio, SILENCE]), realtime=True)
         deadline = time.monotonic() + 5
-        while not played and time.monotonic() < deadline:
+        while not any(sound for _, sound in taken) and time.monotonic() < deadline:
             await conversation.feed(np.zeros(320, np.float32))
             await asyncio.sleep(0.02)
-        assert played and playout.busy, "the bot is speaking"
+        assert not speaker.empty(), "the bot is speaking"
         await feed(conversation, prompts_en[0].audio, realtime=True)  # the caller talks over the bot
+        talked_over_until = time.monotonic()
         await conversation.close()
-        await playout.close()
+        player.cancel()
         await stack.stop()
+        return talked_over_until
 
-    asyncio.run(run())
-    first_utterance = played[0][1]
+    until = asyncio.run(run())
     interrupt = detected[-1]
     assert flushes and flushes[-1] - interrupt < 0.1
-    late = [t for t, u in played if u == first_utterance and t > interrupt + 0.1]
+    late = [t for t, sound in taken if sound and interrupt + 0.1 < t < until]
     assert late == [], f"{len(late)} frames of the interrupted answer played more than 100 ms after speech"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Settings
+from appliance.services.plan import plan
 from appliance.supervisor import (
     GraphError,
     MemoryGuard,
@@ -30,7 +31,6 @@ from appliance.supervisor import (
     ServiceState,
     Supervisor,
     SupervisorOptions,
-    plan,
     serve,
     start_order,
 )
@@ -320,6 +320,17 @@ def test_plan_follows_the_settings() -> None:
     live = {s.name: s.key for s in plan(Settings(sip={"max_calls": 2}, api={"rate_per_minute": 5}))}
     moved = {s.name: s.key for s in plan(Settings(sip={"port": 5070}))}
     assert live == keys and moved["sip"] != keys["sip"] and moved["api"] == keys["api"]
+
+
+def test_only_runs_exactly_the_named_services_whatever_the_settings_enable() -> None:
+    """`appliance run --only` (and the older `serve`, `sip serve`, `wyoming`, which are that now)."""
+    off = Settings(sip={"enabled": False})
+    assert [s.name for s in plan(off, ["wyoming"])] == ["wyoming"]  # wyoming.enabled is false by default
+    assert [s.name for s in plan(off, ["sip", "api"])] == ["api", "sip"]
+    with pytest.raises(GraphError, match="no service called 'fleet'; the services are api, sip, wyoming"):
+        plan(off, ["fleet", "api"])
+    with pytest.raises(GraphError, match="no service called nothing"):
+        plan(off, [])
 
 
 # -- memory ----------------------------------------------------------------------------------------------------------

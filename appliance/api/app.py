@@ -3,8 +3,8 @@ WebRTC, kiosk, SIP status).
 
 Models warm in the background when the app starts; until they are ready, model routes answer 503 with
 Retry-After (`ApiServices.ready_stack`) instead of making the client wait on a cold start. Under the supervisor
-(``standalone=False``) the models and the phone belong to the supervisor: it warms `services.models`, runs the
-phone and stops both; the app only serves.
+(``standalone=False``, `appliance run`) the models belong to the supervisor, which warms and stops them; a
+standalone app (`ThreadedServer`: tests, benchmarks) warms and stops them itself.
 """
 
 from __future__ import annotations
@@ -35,11 +35,7 @@ def create_app(services: ApiServices) -> FastAPI:
             await services.webrtc.close_all()
             return
         services.models.start()
-        if services.sip is not None:
-            await services.sip.start()
         yield
-        if services.sip is not None:
-            await services.sip.stop()
         await services.webrtc.close_all()
         stack = services.models.current()
         if stack is not None:

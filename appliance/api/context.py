@@ -32,7 +32,7 @@ class ApiServices:
     models: VoiceModels  # the voice stack and whether it is warm
     provisioned: Callable[[], list[str]]  # model ids in the store
     sip: SipService | None = None  # the phone, when this process answers calls
-    standalone: bool = True  # the app's lifespan warms the models, starts and stops `sip`, stops the stack
+    standalone: bool = True  # the app's lifespan warms the models and stops the stack (not under the supervisor)
     supervisor: Callable[[], dict[str, Any]] | None = None  # the supervisor's status, shown by /health
     limiter: RateLimiter = field(init=False)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)

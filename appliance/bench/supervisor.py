@@ -281,11 +281,16 @@ class _Appliance:
             waits["wyoming"] = self.until("a Wyoming Describe answered with Info", lambda: _describes(self.stt))
         tasks = {name: asyncio.create_task(wait) for name, wait in waits.items()}
         try:
-            done = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
+            results = await asyncio.gather(*tasks.values(), return_exceptions=True)
         finally:
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+        done: dict[str, tuple[float, Any]] = {}
+        for name, result in zip(tasks, results, strict=True):  # one deadline for all: the earliest milestone missed
+            if isinstance(result, BaseException):
+                raise result
+            done[name] = result
         ready = done["ready"][1][0]  # the first READY=1 datagram: its arrival
         out = {"ready_s": ready.at, "api_s": answered[0], **{f"{k}_s": done[k][0] for k in done if k != "ready"}}
         return {**{k: round(t - since, 3) for k, t in out.items()}, "status": ready.fields.get("STATUS", "")}

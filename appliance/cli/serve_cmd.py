@@ -1,4 +1,4 @@
-"""`appliance serve` and `appliance keys …`: the HTTP API and its keys."""
+"""`appliance keys …`: the HTTP API's keys, and the first key `appliance run` makes when there is none."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 from appliance.api.keys import KeyStore
-from appliance.cli.state import CliState
 from appliance.config import Settings
 from appliance.config.paths import data_root
 
@@ -34,53 +33,6 @@ def first_key(keys: KeyStore) -> None:
         return
     _, token = keys.create("first key")
     console.print(f"[bold]first API key[/] (shown once, stored hashed in {keys.path}):\n{token}")
-
-
-def serve(
-    ctx: typer.Context,
-    host: str | None = typer.Option(None, help="Listen address (default: api.host)."),
-    port: int | None = typer.Option(None, help="Port (default: api.port)."),
-) -> None:
-    """Run the HTTP API (OpenAI-compatible audio, WebRTC, kiosk, metrics, health) and, when sip.enabled, the
-    phone, until interrupted."""
-    import uvicorn
-
-    from appliance.api.app import create_app
-    from appliance.api.context import ApiServices
-    from appliance.voice.readiness import VoiceModels
-
-    state: CliState = ctx.obj
-    settings = state.settings
-    device = state.device
-    keys = key_store(settings)
-    first_key(keys)
-    services = ApiServices(settings.api, keys, VoiceModels(device.voice_stack),
-                           lambda: [m.id for m in device.catalog.models if device.store.is_active(m.id)])
-    if settings.sip.enabled:
-        from appliance.bot.routing import FlowRouter
-        from appliance.sip.service import SipService
-
-        router = FlowRouter(settings.bot, settings.upstream, services.models)
-        services.sip = SipService(settings.sip, router)
-        console.print(f"SIP on {settings.sip.host}:{settings.sip.port} (UDP and TCP), flow "
-                      f"[bold]{router.default.name}[/]; calls wait for the models to load (503 until then)")
-    uvicorn.run(create_app(services), host=host or settings.api.host, port=port if port is not None else
-                settings.api.port, log_level=settings.log.level)
-
-
-def wyoming(ctx: typer.Context) -> None:
-    """Run the Wyoming speech-to-text and text-to-speech servers (Home Assistant) until interrupted."""
-    import asyncio
-
-    from appliance.voice.readiness import VoiceModels
-    from appliance.wyoming.server import serve as serve_wyoming
-
-    state: CliState = ctx.obj
-    conf = state.settings.wyoming
-    stack = state.device.voice_stack()
-    console.print(f"Wyoming STT on {conf.stt_uri}, TTS on {conf.tts_uri}; clients allowed: "
-                  f"{', '.join(conf.allow) or 'any'}")
-    asyncio.run(serve_wyoming(VoiceModels.of(stack).wait, conf.stt_uri, conf.tts_uri, conf.allow))
 
 
 @keys_app.command("create")

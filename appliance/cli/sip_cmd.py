@@ -21,33 +21,6 @@ app = typer.Typer(help="SIP telephony: the phone service, its status, call flows
 console = Console()
 
 
-@app.command("serve")
-def serve(ctx: typer.Context) -> None:
-    """Answer calls with the configured flows (no HTTP API; `appliance serve` runs both) until interrupted."""
-    from appliance.bot.routing import FlowRouter
-    from appliance.sip.service import SipService
-    from appliance.voice.readiness import VoiceModels
-
-    state: CliState = ctx.obj
-    settings = state.settings
-    stack = state.device.voice_stack()
-    router = FlowRouter(settings.bot, settings.upstream, VoiceModels.of(stack))
-    service = SipService(settings.sip, router)
-
-    async def run() -> None:
-        await service.start()
-        console.print(f"SIP on {settings.sip.host}:{service.phone.agent.port} (UDP and TCP); flow "
-                      f"[bold]{router.default.name}[/]; records in {router.store.root}")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await service.stop()
-            await router.aclose()
-            await stack.stop()
-
-    asyncio.run(run())
-
-
 @app.command("status")
 def status(
     ctx: typer.Context,

@@ -224,7 +224,7 @@ class ModelStore:
         for sha in list(files.sha256.values()):
             for kind_dir in sorted((self.root / "cache").glob(f"*/{sha}")):
                 manifest = kind_dir / "manifest.json"
-                if kind_dir.parent.name == "openvino" or not manifest.exists():
+                if _runtime_cache(kind_dir.parent.name) or not manifest.exists():
                     continue
                 names = json.loads(manifest.read_text())["files"]
                 yield kind_dir.parent.name, {n: kind_dir / n for n in names}
@@ -233,6 +233,12 @@ class ModelStore:
     def _mk(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _runtime_cache(kind: str) -> bool:
+    """A runtime's own cache (e.g. OpenVINO IR, kinds named ``runtime-…``; ``openvino`` is the name of the old
+    float16 IR), not a derived variant of the model."""
+    return kind.startswith("runtime-") or kind == "openvino"
 
 
 def _locate(model_id: str, src: Source) -> Path:

@@ -22,6 +22,7 @@ from appliance.runtime.base import (
     model_variant,
 )
 
+CACHE_KIND = "runtime-openvino-f32"  # the store cache of converted IR (float32 weights; not a model variant)
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
 
@@ -61,13 +62,19 @@ class OpenVinoBackend(Backend):
             config: dict[str, Any] = {}
             if candidate.device.upper() in ("CPU", "AUTO"):
                 config["INFERENCE_NUM_THREADS"] = self.ctx.threads
+                # OpenVINO's CPU plugin infers in bfloat16 on processors with AMX/AVX512-BF16 unless told not
+                # to: Silero VAD's recurrent state then drifts up to 0.46 from float32 on real speech, enough
+                # to end a turn in mid-sentence. Our models are small; float32 everywhere, same answers as the
+                # other runtimes.
+                config["INFERENCE_PRECISION_HINT"] = "f32"
             compiled = self.core().compile_model(ir, candidate.device.upper(), config)
         except Exception as exc:
             raise ModelRejected(f"OpenVINO could not load {model.model_id}: {first_error_line(exc)}") from None
         return OvSession(compiled)
 
     def _ir(self, ov: Any, onnx_path: Path, sha: str) -> Any:
-        """The model as OpenVINO IR: converted once, then read back from the store's cache."""
+        """The model as OpenVINO IR: converted once, then read back from the store's cache. Weights stay float32:
+        save_model's default halves them to float16 (IR cached before that lives under the old kind, unused)."""
         if self.ctx.cache is None:
             with _root_logging_kept():
                 return ov.convert_model(str(onnx_path))
@@ -75,9 +82,9 @@ class OpenVinoBackend(Backend):
         def build(directory: Path) -> None:
             with _root_logging_kept():
                 model = ov.convert_model(str(onnx_path))
-            ov.save_model(model, str(directory / "model.xml"))
+            ov.save_model(model, str(directory / "model.xml"), compress_to_fp16=False)
 
-        directory = self.ctx.cache("openvino", sha, build)
+        directory = self.ctx.cache(CACHE_KIND, sha, build)
         return self.core().read_model(str(directory / "model.xml"))
 
 

@@ -1,8 +1,8 @@
 """The supervisor: runs the appliance's services (in-process tasks and child processes) in dependency order,
 restarts them with backoff, reports readiness and health to systemd, drains on SIGTERM, reloads on SIGHUP and
-sheds load under memory pressure. `appliance.cli.run_cmd.run` is the entry point of `appliance run`."""
+sheds load under memory pressure. `appliance.services.run` is what `appliance run` runs."""
 
-from appliance.supervisor.graph import GraphError, ServiceSpec, plan, start_order
+from appliance.supervisor.graph import GraphError, ServiceSpec, start_order
 from appliance.supervisor.lifecycle import serve
 from appliance.supervisor.memory import MemoryGuard, MemoryOptions
 from appliance.supervisor.notify import Notifier
@@ -22,7 +22,6 @@ __all__ = [
     "Supervisor",
     "SupervisorOptions",
     "TaskService",
-    "plan",
     "serve",
     "start_order",
 ]

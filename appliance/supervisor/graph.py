@@ -1,6 +1,6 @@
-"""The service graph: which services the settings enable, what each depends on, and the order to start them.
+"""The service graph: what each service depends on, and the order to start them.
 
-`plan(settings)` is a pure function of the settings (no I/O): one `ServiceSpec` per enabled service, whose
+A factory's plan (the appliance's is `appliance.services.plan`) gives one `ServiceSpec` per service, whose
 ``key`` holds the settings that can only change by restarting that service (its port, say); a reload restarts
 a service whose key changed and hands every other setting to the running service. `start_order` sorts
 specs so that dependencies come first, and names a cycle or an unknown dependency as a `GraphError`.
@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from appliance.errors import ApplianceError
-
-API, SIP, WYOMING = "api", "sip", "wyoming"
 
 
 class GraphError(ApplianceError):
@@ -60,33 +57,3 @@ def start_order(specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
     for spec in specs:
         visit(spec)
     return order
-
-
-def wyoming_enabled(settings: Any) -> bool:
-    """``wyoming.enabled``: Wyoming runs only when asked for (it has no authentication)."""
-    return bool(settings.wyoming.enabled)
-
-
-def plan(settings: Any) -> list[ServiceSpec]:
-    """The appliance's services for these settings (an ``appliance.config.Settings``): the HTTP API (with the
-    kiosk page and WebRTC) always, the phone when ``sip.enabled``, the Wyoming servers when
-    ``wyoming.enabled``. The models warm outside every service, so none depends on another."""
-    api, sip = settings.api, settings.sip
-    specs = [ServiceSpec(API, key=(api.host, api.port, api.max_upload_mb, str(api.keys_file)))]
-    if sip.enabled:
-        accounts = tuple((a.name, a.registrar, a.user, a.password.get_secret_value(), a.auth_user, a.transport,
-                          a.expires_s) for a in sip.accounts)
-        specs.append(ServiceSpec(SIP, key=(sip.host, sip.port, sip.advertise, sip.rtp_port_min, sip.rtp_port_max,
-                                           tuple(sip.codecs), accounts)))
-    if wyoming_enabled(settings):
-        wyoming = settings.wyoming
-        specs.append(ServiceSpec(WYOMING, key=(wyoming.stt_uri, wyoming.tts_uri, tuple(wyoming.allow))))
-    return specs
-
-
-RESTART_SECTIONS = ("hw", "models", "runtime", "voice")
-
-
-def needs_process_restart(old: Any, new: Any) -> list[str]:
-    """Sections that changed and that the running process cannot apply (the voice stack is built once)."""
-    return [s for s in RESTART_SECTIONS if getattr(old, s) != getattr(new, s)]

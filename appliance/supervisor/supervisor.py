@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class Supervisor:
         self.stop_requested = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._written: dict[str, Any] | None = None
+        self._file = StatusFile()
 
     # -- start and supervise -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,7 +125,7 @@ class Supervisor:
         if path is None or status == self._written:
             return
         self._written = status
-        await asyncio.to_thread(_write_json, path, status)
+        await asyncio.to_thread(self._file.write, path, status, self._file.next())
 
     def status(self) -> dict[str, Any]:
         state = "stopped" if self._stopped.is_set() else "stopping" if self._stopping else \
@@ -248,9 +250,30 @@ class Supervisor:
         return actions
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own per write: a periodic refresh and the final write may run in two threads at once
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
-        tmp.write(json.dumps(data, indent=1, default=str))
-    os.replace(tmp.name, path)
+class StatusFile:
+    """Writes of the status file, newest wins. A write runs in a worker thread, and cancelling its awaiter (stop()
+    cancels the periodic refresh) does not stop the thread: without an order, a refresh that began before the
+    final write could land after it and leave a stopped appliance looking "running"."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._issued = 0
+        self._done = 0
+
+    def next(self) -> int:
+        """A ticket, taken on the event loop in the order the states were read."""
+        self._issued += 1
+        return self._issued
+
+    def write(self, path: Path, data: dict[str, Any], ticket: int) -> bool:
+        """Write ``data`` unless a later ticket has been written already; whether it was written."""
+        with self._lock:
+            if ticket < self._done:
+                return False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp",
+                                             delete=False) as tmp:
+                tmp.write(json.dumps(data, indent=1, default=str))
+            os.replace(tmp.name, path)
+            self._done = ticket
+            return True

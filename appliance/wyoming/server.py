@@ -1,16 +1,14 @@
 """The Wyoming STT and TTS servers, started and stopped together on the caller's event loop.
 
 `WyomingServers` claims no signal (the wyoming library's `run()` takes SIGTERM for each server; we use its
-`start()`/`stop()` instead), so it can live on the supervisor's loop next to the API and the phone; `serve()`
-is the standalone `appliance wyoming`, which stops on SIGTERM or SIGINT.
+`start()`/`stop()` instead), so it lives on the supervisor's loop next to the API and the phone (`appliance
+wyoming` is `appliance run --only wyoming`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import signal
 from typing import Any
 
 from wyoming.server import AsyncServer
@@ -42,19 +40,3 @@ class WyomingServers:
         for server in servers:
             with contextlib.suppress(Exception):
                 await server.stop()
-
-
-async def serve(stack: StackSource, stt_uri: str, tts_uri: str, allow: list[str]) -> None:
-    """Until SIGTERM or SIGINT."""
-    servers = WyomingServers(stack, stt_uri, tts_uri, allow)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await servers.start()
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await servers.stop()
