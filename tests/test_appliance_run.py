@@ -280,7 +280,7 @@ def test_wyoming_serves_the_shared_models_and_waits_for_them_while_they_warm() -
 
 
 def test_the_phone_turns_new_calls_away_while_refusing() -> None:
-    from appliance.bot.calls import CallInfo, NotReady
+    from appliance.calls import CallInfo, NotReady
     from appliance.services.sip import SipTask
 
     services: Any = SimpleNamespace(sip=None)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from appliance.bot.calls import CallInfo, NotReady
 from appliance.bot.engine import Action, FlowEngine, Hangup, Listen, Say, StartRecording, Transfer
 from appliance.bot.flow import EXAMPLE_FLOW, Flow, FlowError, load_flow, parse_flow
 from appliance.bot.intents import IntentMatcher, parse_date, parse_digits, parse_number, yes_no
 from appliance.bot.routing import FlowRouter
+from appliance.calls import CallInfo, NotReady
 from appliance.config.settings import BotSettings, UpstreamSettings
 from appliance.voice.readiness import VoiceModels
 

@@ -15,9 +15,9 @@ import pytest
 
 from appliance.audio import read_audio
 from appliance.bench.text import normalise
-from appliance.bot.modes import SessionSpec
 from appliance.kiosk.local import run_local
 from appliance.kiosk.sound import SoundDevice, SoundError, SoundSystem
+from appliance.sessions import SessionSpec
 from appliance.voice.asr import AsrOptions
 from appliance.voice.stack import VoiceStack
 from tests.support.cli import appliance

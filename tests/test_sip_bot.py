@@ -16,10 +16,10 @@ import soundfile as sf
 
 from appliance.audio import read_audio
 from appliance.bench.pcap import write_rtp_pcap
-from appliance.bot.calls import CallInfo
 from appliance.bot.flow import EXAMPLE_FLOW
 from appliance.bot.records import CallStore
 from appliance.bot.routing import FlowRouter
+from appliance.calls import CallInfo
 from appliance.config.settings import BotSettings, UpstreamSettings
 from appliance.sip.message import Response, parse
 from appliance.sip.phone import Phone, PhoneOptions

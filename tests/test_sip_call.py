@@ -11,8 +11,9 @@ import pytest
 
 from appliance.audio.queue import PcmQueue
 from appliance.bench.text import normalise
-from appliance.bot.calls import CallApp, CallControl, CallInfo, ModeCallApp
-from appliance.bot.modes import SessionSpec
+from appliance.bot.calls import ModeCallApp
+from appliance.calls import CallApp, CallControl, CallInfo
+from appliance.sessions import SessionSpec
 from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.stack import VoiceStack
 from tests.support.sipp import SIPP, scenario, sipp

@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from appliance.audio.queue import PcmQueue
-from appliance.bot.calls import CallApp, CallControl
+from appliance.calls import CallApp, CallControl
 from appliance.sip.digest import DigestClient, parse_challenges
 from appliance.sip.guard import CallerGuard
 from appliance.sip.message import Request

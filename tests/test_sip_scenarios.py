@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from appliance.audio.queue import PcmQueue
-from appliance.bot.calls import CallApp, CallAppFactory, CallControl, CallInfo, announcement_factory
+from appliance.bot.calls import announcement_factory
+from appliance.calls import CallApp, CallAppFactory, CallControl, CallInfo
 from appliance.sip.message import Request, Response, parse
 from appliance.sip.phone import CallFailed, Phone, PhoneOptions, Router
 from appliance.sip.sdp import parse_sdp

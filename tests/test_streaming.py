@@ -11,7 +11,7 @@ import numpy as np
 from appliance.audio.queue import PcmQueue
 from appliance.bench.corpus import Prompt
 from appliance.bench.text import wer
-from appliance.bot.modes import EventRelay, SessionSpec, open_conversation
+from appliance.sessions import EventRelay, SessionSpec, open_conversation
 from appliance.voice.asr import AsrOptions
 from appliance.voice.conversation import Conversation, OutEvent, Speech
 from appliance.voice.endpoint import SpeechStarted

@@ -20,8 +20,8 @@ from appliance.api.keys import KeyStore
 from appliance.api.threaded import ThreadedServer as Server
 from appliance.audio import read_audio
 from appliance.bench.text import normalise
-from appliance.bot.modes import SessionSpec
 from appliance.config.settings import ApiSettings
+from appliance.sessions import SessionSpec
 from appliance.voice.conversation import Conversation
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack

@@ -20,8 +20,8 @@ from appliance.api.auth import KEY_COOKIE, require_key
 from appliance.api.context import ApiServices
 from appliance.api.keys import ApiKey
 from appliance.api.limits import error_body
-from appliance.bot.modes import offered_pairs
 from appliance.kiosk import STATIC
+from appliance.sessions import offered_pairs
 
 router = APIRouter(tags=["kiosk"])
 ASSETS = {"index.html", "kiosk.js", "kiosk.css"}

@@ -19,8 +19,8 @@ from pydantic import Field, ValidationError
 from appliance.api.auth import AuthError, authenticate
 from appliance.api.context import services_of
 from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
-from appliance.bot.modes import SessionSpec, event_json, open_conversation
 from appliance.errors import ApplianceError
+from appliance.sessions import SessionSpec, event_json, open_conversation
 from appliance.voice.conversation import Conversation, OutEvent, Speech
 from appliance.voice.readiness import ModelsNotReady
 from appliance.voice.stack import VoiceStack

@@ -11,8 +11,8 @@ from appliance.api.auth import require_key
 from appliance.api.context import ApiServices
 from appliance.api.keys import ApiKey
 from appliance.api.limits import error_body
-from appliance.bot.modes import SessionSpec
 from appliance.errors import ApplianceError
+from appliance.sessions import SessionSpec
 from appliance.webrtc.hub import CapacityError
 
 router = APIRouter(tags=["webrtc"])

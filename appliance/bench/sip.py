@@ -45,9 +45,10 @@ from appliance.bench.corpus import SOUNDS, Prompt, load_prompts
 from appliance.bench.pcap import write_rtp_pcap
 from appliance.bench.text import wer
 from appliance.bench.voice import latency_stats
-from appliance.bot.calls import CallApp, CallAppFactory, CallControl, ModeCallApp
-from appliance.bot.modes import SessionSpec
+from appliance.bot.calls import ModeCallApp
+from appliance.calls import CallApp, CallAppFactory, CallControl
 from appliance.errors import ApplianceError
+from appliance.sessions import SessionSpec
 from appliance.sip.call import Call
 from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.stack import VoiceStack

@@ -21,8 +21,7 @@ import numpy as np
 from appliance.audio import resample
 from appliance.bench.corpus import Prompt, last_speech_sample, load_prompts
 from appliance.bench.text import wer
-from appliance.bot.echo import EchoBot
-from appliance.interpret.session import Interpreter
+from appliance.sessions import EchoBot, Interpreter
 from appliance.voice.asr import AsrOptions
 from appliance.voice.conversation import Conversation, OutEvent, Speech
 from appliance.voice.endpoint import EndpointOptions

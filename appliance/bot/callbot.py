@@ -20,12 +20,12 @@ import soundfile as sf
 
 from appliance.audio.frame import ASR_RATE, float_to_int16
 from appliance.audio.queue import PcmQueue
-from appliance.bot.calls import CallApp, CallAppFactory, CallControl
 from appliance.bot.engine import Action, FlowEngine, Hangup, Listen, Say, StartRecording, Transfer
 from appliance.bot.flow import Flow
-from appliance.bot.modes import EventRelay
 from appliance.bot.records import CallRecorder, CallStore, Summarizer, summarize
 from appliance.bot.upstream import Answerer
+from appliance.calls import CallApp, CallAppFactory, CallControl
+from appliance.sessions import EventRelay
 from appliance.voice.asr import AsrOptions
 from appliance.voice.conversation import Conversation, OutEvent, Speech
 from appliance.voice.listener import Transcript

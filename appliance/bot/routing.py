@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.bot.callbot import flow_app_factory
-from appliance.bot.calls import CallAppFactory, CallInfo, NotReady
 from appliance.bot.flow import EXAMPLE_FLOW, Flow, load_flow
 from appliance.bot.records import CallStore
 from appliance.bot.upstream import LlmClient, UpstreamOptions
+from appliance.calls import CallAppFactory, CallInfo, NotReady
 from appliance.config.paths import data_root
 from appliance.config.settings import BotSettings, UpstreamSettings
 from appliance.voice.readiness import ModelsNotReady, VoiceModels

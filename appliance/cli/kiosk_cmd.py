@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from appliance.bot.modes import SessionSpec
 from appliance.cli.state import CliState
+from appliance.sessions import SessionSpec
 
 out = Console()
 

@@ -12,10 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from appliance.bot.calls import CallAppFactory
-from appliance.bot.modes import Mode, SessionSpec
+from appliance.calls import CallAppFactory
 from appliance.cli.state import CliState
 from appliance.errors import ApplianceError
+from appliance.sessions import Mode, SessionSpec
 
 app = typer.Typer(help="SIP telephony: the phone service, its status, call flows.", no_args_is_help=True)
 console = Console()

@@ -9,8 +9,8 @@ from typing import Any
 
 from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
 from appliance.audio.queue import PcmQueue
-from appliance.bot.modes import EventRelay, SessionSpec, open_conversation
 from appliance.kiosk.sound import SoundDevice, SoundSystem
+from appliance.sessions import EventRelay, SessionSpec, open_conversation
 from appliance.voice.stack import VoiceStack
 
 FRAME_S = 0.02

@@ -11,8 +11,8 @@ from appliance.supervisor.service import TaskService
 
 if TYPE_CHECKING:
     from appliance.api.context import ApiServices
-    from appliance.bot.calls import CallAppFactory, CallInfo
     from appliance.bot.routing import FlowRouter
+    from appliance.calls import CallAppFactory, CallInfo
     from appliance.config import Settings
     from appliance.sip.service import SipService
 
@@ -54,7 +54,7 @@ class SipTask(TaskService):
         return FlowRouter(settings.bot, settings.upstream, self.services.models)
 
     def _route(self, info: CallInfo) -> CallAppFactory | None:
-        from appliance.bot.calls import NotReady
+        from appliance.calls import NotReady
 
         if self.refusing:
             raise NotReady("the appliance is stopping or short of memory")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from appliance.audio.frame import int16_to_float32
-from appliance.bot.calls import CallApp, CallInfo
+from appliance.calls import CallApp, CallInfo
 from appliance.sip.agent import UserAgent
 from appliance.sip.dialog import Dialog
 from appliance.sip.media import RtpSession

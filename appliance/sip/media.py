@@ -23,7 +23,6 @@ meanwhile) and played only when sendrecv/recvonly; RTCP flows whatever the direc
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
 import random
@@ -37,41 +36,19 @@ import numpy as np
 
 from appliance.audio.frame import ASR_RATE
 from appliance.audio.queue import PcmQueue
-from appliance.errors import ApplianceError
 from appliance.sip import rtcp
 from appliance.sip.codecs import Codec, make_codec
+from appliance.sip.mediaports import Address, Endpoint, MediaError, PortRange, bind_pair
+from appliance.sip.resample import Resampler
 from appliance.sip.rtp import Concealer, DtmfEvent, JitterBuffer, RtpError, RtpPacket
 from appliance.sip.sdp import Negotiated
 
 log = logging.getLogger(__name__)
-Address = tuple[str, int]
 AudioHandler = Callable[[np.ndarray], None]
 DtmfHandler = Callable[[str], None]
 T = TypeVar("T")
 RATE = ASR_RATE  # the rate of speaker and on_audio
 SENDING, RECEIVING = ("sendrecv", "sendonly"), ("sendrecv", "recvonly")  # our direction, as Negotiated states it
-
-
-class MediaError(ApplianceError):
-    """The call's media cannot do what was asked (no free port, no DTMF negotiated, stopped)."""
-
-
-@dataclass(frozen=True)
-class PortRange:
-    """UDP ports for media, inclusive; RTP takes an even port and RTCP the odd one above it."""
-
-    first: int = 10000
-    last: int = 20000
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.first < self.last <= 65535 or self.first + self.first % 2 + 1 > self.last:
-            raise MediaError(f"media port range {self.first}-{self.last} holds no even/odd port pair")
-
-    def candidates(self) -> list[int]:
-        """Every even RTP port of the range, from a random one on (so concurrent calls rarely collide)."""
-        ports = list(range(self.first + self.first % 2, self.last, 2))
-        start = random.randrange(len(ports))
-        return ports[start:] + ports[:start]
 
 
 @dataclass(frozen=True)
@@ -102,42 +79,6 @@ class MediaStats:
     remote: Address | None = None  # where RTP goes: the latched source, else the SDP's address
 
 
-class _Resampler:
-    """Streaming integer-ratio resampling (8 <-> 16 kHz): a Kaiser-windowed sinc low-pass whose state carries
-    across frames, 3 ms of delay and exactly ``len * to / from`` samples out. soxr's streaming mode releases
-    audio in ~60 ms bursts, too late and too uneven for a 20 ms call clock, except its quick ("QQ") quality,
-    which is steady but unfiltered: against soxr VHQ on speech with broadband noise, 16 → 8 kHz gave 10 dB SNR
-    (aliasing) where this filter gives 29 dB."""
-
-    def __init__(self, from_rate: int, to_rate: int) -> None:
-        self.up, self.down = max(1, to_rate // from_rate), max(1, from_rate // to_rate)
-        if from_rate * self.up != to_rate * self.down:
-            raise MediaError(f"cannot resample {from_rate} Hz to {to_rate} Hz: not an integer ratio")
-        factor = max(self.up, self.down)
-        n = 48 * factor + 1
-        cutoff = 0.925 / (2 * factor)  # of the higher rate: 3.7 kHz for 8/16 kHz
-        taps = np.sinc(2 * cutoff * (np.arange(n) - (n - 1) / 2)) * np.kaiser(n, 6.0)
-        self._taps = (taps * self.up / taps.sum()).astype(np.float32)
-        self._history = np.zeros(n - 1, np.float32)
-        self._offset = 0  # position of the next high-rate sample, modulo down
-
-    def process(self, pcm: np.ndarray) -> np.ndarray:
-        if self.up == self.down == 1:
-            return pcm
-        x = pcm.astype(np.float32)
-        if self.up > 1:
-            stuffed = np.zeros(len(x) * self.up, np.float32)
-            stuffed[::self.up] = x
-            x = stuffed
-        buffer = np.concatenate([self._history, x])
-        y = np.convolve(buffer, self._taps, "valid")
-        self._history = buffer[len(buffer) - len(self._history):]
-        if self.down > 1:
-            y = y[(-self._offset) % self.down::self.down]
-            self._offset = (self._offset + len(x)) % self.down
-        return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
-
-
 @dataclass
 class _Source:
     """The remote source we play: its counts for RTCP, jitter buffer and the DTMF events already reported."""
@@ -157,43 +98,6 @@ class _DtmfSend:
     ends: int = 0
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.receive: Callable[[bytes, Address], None] = lambda data, addr: None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.receive(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("media socket error: %s", exc)
-
-    def send(self, data: bytes, addr: Address) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(data, addr)
-
-
-async def _bind_pair(host: str, ports: PortRange) -> tuple[_Endpoint, _Endpoint, int]:
-    loop = asyncio.get_running_loop()
-    for port in ports.candidates():
-        bound: list[_Endpoint] = []
-        try:
-            for p in (port, port + 1):
-                bound.append((await loop.create_datagram_endpoint(_Endpoint, local_addr=(host, p)))[1])
-            return bound[0], bound[1], port
-        except OSError as exc:
-            for endpoint in bound:
-                assert endpoint.transport is not None
-                endpoint.transport.close()
-            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                raise MediaError(f"cannot bind media ports on {host}: {exc}") from exc
-    raise MediaError(f"no free RTP/RTCP port pair in {ports.first}-{ports.last} on {host}: too many calls, "
-                     "or other programs use these ports; widen the media port range")
-
-
 def _address(remote: tuple[str, int]) -> Address | None:
     """Where the SDP says to send, or None: held with 0.0.0.0, port 0, or a host name (wait for latching)."""
     host, port = remote
@@ -208,7 +112,7 @@ def _address(remote: tuple[str, int]) -> Address | None:
 class RtpSession:
     """One call's RTP and RTCP. Create with ``await RtpSession.open(...)``."""
 
-    def __init__(self, rtp_end: _Endpoint, rtcp_end: _Endpoint, port: int, on_audio: AudioHandler,
+    def __init__(self, rtp_end: Endpoint, rtcp_end: Endpoint, port: int, on_audio: AudioHandler,
                  on_dtmf: DtmfHandler, options: MediaOptions) -> None:
         self._rtp, self._rtcp, self.local_port = rtp_end, rtcp_end, port
         rtp_end.receive, rtcp_end.receive = self._on_rtp, self._on_rtcp
@@ -220,7 +124,7 @@ class RtpSession:
         self._negotiated: Negotiated | None = None
         self._encoder: Codec | None = None
         self._decoder: Codec | None = None
-        self._down = self._up = _Resampler(RATE, RATE)
+        self._down = self._up = Resampler(RATE, RATE)
         self._concealer = Concealer()
         self._sdp_remote: Address | None = None
         self._latched: Address | None = None
@@ -238,7 +142,7 @@ class RtpSession:
     async def open(cls, host: str, ports: PortRange, on_audio: AudioHandler, on_dtmf: DtmfHandler,
                    options: MediaOptions | None = None) -> RtpSession:
         """Bind the RTP/RTCP port pair; nothing is sent until ``start``."""
-        return cls(*await _bind_pair(host, ports), on_audio, on_dtmf, options or MediaOptions())
+        return cls(*await bind_pair(host, ports), on_audio, on_dtmf, options or MediaOptions())
 
     def start(self, negotiated: Negotiated) -> None:
         if self._closed or self._tasks:
@@ -258,7 +162,7 @@ class RtpSession:
             if (encoder.clock * negotiated.ptime) % 1000 or not 10 <= negotiated.ptime <= 120:
                 raise MediaError(f"unusable ptime {negotiated.ptime} ms")
             self._encoder, self._decoder = encoder, make_codec(negotiated.codec)  # G.722 keeps state per direction
-            self._down, self._up = _Resampler(RATE, self._encoder.rate), _Resampler(self._decoder.rate, RATE)
+            self._down, self._up = Resampler(RATE, self._encoder.rate), Resampler(self._decoder.rate, RATE)
             self._retire_source()
             self._marker = True
         if old is not None and (old.direction in RECEIVING) != (negotiated.direction in RECEIVING):

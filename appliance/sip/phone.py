@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from appliance.bot.calls import CallAppFactory, CallInfo, NotReady
+from appliance.calls import CallAppFactory, CallInfo, NotReady
 from appliance.errors import ApplianceError
 from appliance.sip.agent import ALLOW, SUPPORTED, UserAgent
 from appliance.sip.call import Call

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
-    from appliance.bot.modes import SessionSpec
+    from appliance.sessions import SessionSpec
     from appliance.voice.stack import VoiceStack
     from appliance.webrtc.peer import WebRtcSession
 

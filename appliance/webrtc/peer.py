@@ -21,8 +21,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from appliance.bot.modes import EventRelay, SessionSpec, open_conversation
 from appliance.errors import ApplianceError
+from appliance.sessions import EventRelay, SessionSpec, open_conversation
 from appliance.voice.stack import VoiceStack
 from appliance.webrtc.media import OUT_RATE, InboundAudio, SpeechTrack, listen_without_jitter_delay
 

@@ -1,1 +1,0 @@
-"""Interpretation: speech in one language becomes speech in another, phrase by phrase."""
