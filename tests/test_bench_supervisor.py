@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bench.supervisor import (
-    SupervisorBenchOptions,
-    _Appliance,
-    alive,
-    descendants,
-    planned_steps,
-    run,
-    session_members,
-)
+from appliance.bench.procs import alive, descendants, session_members
+from appliance.bench.spawned import SpawnedAppliance
+from appliance.bench.supervisor import SupervisorBenchOptions, planned_steps, run
 from appliance.config import Settings
 from appliance.config.settings import ModelsSettings
 from appliance.errors import ApplianceError
@@ -85,7 +79,7 @@ def test_an_aborted_boot_leaves_nothing_of_its_session(tmp_path: Path) -> None:
     """Aborted once the API answers: the appliance stops and its session is empty."""
 
     async def main() -> None:
-        app = _Appliance(tmp_path / "b", {}, tmp_path / "store", SupervisorBenchOptions(timeout_s=45))
+        app = SpawnedAppliance(tmp_path / "b", {}, tmp_path / "store", SupervisorBenchOptions(timeout_s=45))
         try:
             await app.spawn()
             await app.until("GET /health answered", app.health)
@@ -104,7 +98,7 @@ def test_a_process_that_ignores_sigterm_and_leaves_its_group_is_still_cleaned_up
                 "subprocess.Popen(['sleep', '300'], process_group=0); time.sleep(300)")
 
     async def main() -> None:
-        app = _Appliance(tmp_path / "b", {}, tmp_path / "store", SupervisorBenchOptions(timeout_s=1))
+        app = SpawnedAppliance(tmp_path / "b", {}, tmp_path / "store", SupervisorBenchOptions(timeout_s=1))
         app.argv = [sys.executable, "-c", stubborn]
         try:
             await app.spawn()

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 from appliance.audio.queue import PcmQueue
@@ -18,7 +19,7 @@ from appliance.sessions import EchoBot
 from appliance.voice.conversation import Caption, Conversation, Flush, OutEvent, Speech
 from appliance.voice.endpoint import SpeechEnded, SpeechStarted
 from tests.support.fakes import FakeCallControl, FakeStack, FakeTts, ScriptedListener
-from tests.support.loop import run
+from tests.support.loop import checked_run
 
 
 def echo_conversation(tts: FakeTts) -> tuple[Conversation, list[OutEvent], list[ScriptedListener]]:
@@ -44,7 +45,7 @@ def test_a_turn_is_captioned_then_answered_word_by_word_in_order() -> None:
         await conversation.close()
         return out
 
-    out = run(main())
+    out = checked_run(main())
     # every start of speech flushes first: the transport may still hold audio even when nothing is being made
     assert [type(e) for e in out] == [Flush, SpeechStarted, SpeechEnded, Caption, Speech, Speech]
     assert [e.chunk.text for e in out if isinstance(e, Speech)] == ["hello", "there"]
@@ -62,7 +63,7 @@ def test_speech_over_the_answer_flushes_it_and_drops_the_rest() -> None:
         await conversation.close()
         return out, conversation
 
-    out, conversation = run(main())
+    out, conversation = checked_run(main())
     first_word = next(i for i, e in enumerate(out) if isinstance(e, Speech))
     flush = next(i for i, e in enumerate(out) if isinstance(e, Flush) and i > first_word)
     assert isinstance(out[flush + 1], SpeechStarted) and conversation.barge_ins == 1
@@ -80,7 +81,7 @@ def test_a_speculative_final_prepares_the_answer_once() -> None:
         await conversation.close()
         return out
 
-    out = run(main())
+    out = checked_run(main())
     assert tts.streams == ["prepared early"]  # the prepared stream was used, not synthesised again
     assert [e.chunk.text for e in out if isinstance(e, Speech)] == ["prepared", "early"]
 
@@ -115,21 +116,21 @@ async def call(control: FakeCallControl, words: str, until: Callable[[str], bool
 
 def test_asking_for_a_person_transfers_the_call() -> None:
     control = FakeCallControl()
-    said = run(call(control, "talk to a person", lambda said: bool(control.transfers)))
+    said = checked_run(call(control, "talk to a person", lambda said: bool(control.transfers)))
     assert control.transfers == ["100"]
     assert said.startswith("Hello,") and "hold" in said  # greeted, then told to hold before the transfer
 
 
 def test_a_failed_transfer_apologises_and_offers_a_message() -> None:
     control = FakeCallControl(transfer_ok=False)
-    said = run(call(control, "an agent please", lambda said: "after the tone" in said))
+    said = checked_run(call(control, "an agent please", lambda said: "after the tone" in said))
     assert control.transfers == ["100"] and control.hangups == []
     assert said.index("hold") < said.index("nobody is available") < said.index("leave your name")
 
 
 def test_goodbye_ends_the_call_after_the_bot_has_said_it() -> None:
     control = FakeCallControl()
-    said = run(call(control, "goodbye", lambda said: control.hung_up.is_set()))
+    said = checked_run(call(control, "goodbye", lambda said: control.hung_up.is_set()))
     assert control.hangups and control.transfers == []
     assert said.endswith("Goodbye.")  # said in full before the hang-up
 
@@ -139,4 +140,31 @@ def test_the_loop_guard_fails_a_blocking_step() -> None:
         time.sleep(0.3)  # a blocking call on the loop
 
     with pytest.raises(AssertionError, match="the event loop was blocked"):
-        run(blocks())
+        checked_run(blocks())
+
+
+def test_the_speaking_state_ends_when_another_thread_has_played_it_all() -> None:
+    """A sound card takes the speech on its own thread: the relay hears the queue empty and says "listening"."""
+    import threading
+
+    from appliance.sessions import EventRelay
+    from appliance.voice.tts import TtsChunk
+
+    speaker, sent = PcmQueue(), []
+
+    async def main() -> None:
+        relay = EventRelay("echo", speaker, sent.append)
+        await relay(SpeechEnded(1.0, np.zeros(0, np.float32)))
+        await relay(Speech(TtsChunk(np.full(960, 0.1, np.float32), 16000, "hi", "fake", False), 1, True, 0.0))
+        taker = threading.Thread(target=lambda: [speaker.take(320) for _ in range(4)])
+        taker.start()
+        deadline = time.monotonic() + 2
+        while [e["state"] for e in sent if e["type"] == "state"][-1:] != ["listening"]:
+            assert time.monotonic() < deadline, sent
+            await asyncio.sleep(0.005)
+        taker.join()
+        await relay(Speech(TtsChunk(np.full(320, 0.1, np.float32), 16000, "again", "fake", False), 2, True, 0.0))
+        await relay.close()  # the session ends with speech still queued: nothing is left waiting
+
+    checked_run(main())
+    assert [e["state"] for e in sent if e["type"] == "state"] == ["thinking", "speaking", "listening", "speaking"]

@@ -80,7 +80,8 @@ def test_barge_in_stops_playout_within_100_ms(stack: VoiceStack, prompts_en: lis
 
     async def run() -> None:
         player = asyncio.create_task(play())
-        conversation = open_conversation(stack, SessionSpec(mode="echo"), EventRelay("echo", speaker, send), 16000)
+        relay = EventRelay("echo", speaker, send)
+        conversation = open_conversation(stack, SessionSpec(mode="echo"), relay, 16000)
         long_prompt = max(prompts_en, key=lambda p: p.duration)
         await feed(conversation, np.concatenate([long_prompt.audio, SILENCE]), realtime=True)
         deadline = time.monotonic() + 5
@@ -91,6 +92,7 @@ def test_barge_in_stops_playout_within_100_ms(stack: VoiceStack, prompts_en: lis
         await feed(conversation, prompts_en[0].audio, realtime=True)  # the caller talks over the bot
         talked_over_until = time.monotonic()
         await conversation.close()
+        await relay.close()
         player.cancel()
         await stack.stop()
         return talked_over_until

@@ -1,15 +1,14 @@
 """Speech waiting to be played: int16 chunks taken in fixed-size frames, padded with silence when short.
 
 Safe across threads (a sound card's callback takes while the event loop pushes); ``flush`` drops it all
-(barge-in); ``on_drained`` is called, from the taking thread, when the last queued speech has been taken, and
-``emptied()`` lets any number of coroutines wait for that moment (or a flush)."""
+(barge-in); ``emptied()`` lets any number of coroutines, on any event loop, wait until the last queued speech
+has been taken (or flushed), whichever thread takes it."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable
 
 import numpy as np
 
@@ -17,11 +16,10 @@ from appliance.audio.frame import float_to_int16
 
 
 class PcmQueue:
-    def __init__(self, on_drained: Callable[[], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._chunks: deque[np.ndarray] = deque()
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self.on_drained = on_drained
 
     def push(self, audio: np.ndarray) -> None:
         samples = float_to_int16(audio)
@@ -66,8 +64,6 @@ class PcmQueue:
             drained = had and not self._chunks
             waiters, self._waiters = (self._waiters, []) if drained else ([], self._waiters)
         _wake(waiters)
-        if drained and self.on_drained is not None:
-            self.on_drained()
         return out
 
 

@@ -92,6 +92,7 @@ class FlowCallApp:
                     await task
         self._voicemail_done.set()
         await self.conversation.close()
+        await self.relay.close()
         record = self.engine.end("abandoned")
         if self.store is None:
             return

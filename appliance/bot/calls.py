@@ -36,6 +36,7 @@ class ModeCallApp:
 
     async def close(self) -> None:
         await self.conversation.close()
+        await self.relay.close()
 
 
 class Announcement:

@@ -27,11 +27,6 @@ async def run_local(stack: VoiceStack, spec: SessionSpec, sound: SoundSystem, mi
     speaker = PcmQueue()
     relay = EventRelay(spec.mode, speaker, on_event)
 
-    def drained() -> None:  # called on PortAudio's thread
-        loop.call_soon_threadsafe(relay.played_out)
-
-    speaker.on_drained = drained
-
     def captured(data: bytes | None, frames: int, info: Any, status: int) -> tuple[None, int]:
         if data:
             loop.call_soon_threadsafe(_offer, heard, data)
@@ -63,6 +58,7 @@ async def run_local(stack: VoiceStack, spec: SessionSpec, sound: SoundSystem, mi
             stream.stop_stream()
             stream.close()
         await conversation.close()
+        await relay.close()
 
 
 def _offer(queue: asyncio.Queue[bytes], data: bytes) -> None:

@@ -131,6 +131,7 @@ class WebRtcSession:
                 task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.conversation.close(), timeout=5)
+        await self.relay.close()
         self.speech.stop()
         await self.pc.close()
         self._on_closed(self)

@@ -1,4 +1,4 @@
-"""`run()`: asyncio.run for tests, with asyncio's debug mode on, so that a callback or a task step that holds
+"""`checked_run()`: asyncio.run for tests, with asyncio's debug mode on, so that a callback or a task step that holds
 the event loop (a blocking call where a worker thread belongs) fails the test instead of slowing every call."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class _Collect(logging.Handler):
             self.slow.append(message)
 
 
-def run(main: Coroutine[Any, Any, T], slow_s: float = SLOW_S) -> T:
+def checked_run(main: Coroutine[Any, Any, T], slow_s: float = SLOW_S) -> T:
     """Run ``main`` on a new loop in debug mode; AssertionError naming each step that held the loop > slow_s."""
     collect = _Collect()
     logger = logging.getLogger("asyncio")
