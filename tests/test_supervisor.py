@@ -329,7 +329,7 @@ def test_only_runs_exactly_the_named_services_whatever_the_settings_enable() -> 
     assert [s.name for s in plan(off, ["sip", "api"])] == ["api", "sip"]
     with pytest.raises(GraphError, match="no service called 'fleet'; the services are api, sip, wyoming"):
         plan(off, ["fleet", "api"])
-    with pytest.raises(GraphError, match="no service called nothing"):
+    with pytest.raises(GraphError, match="no service named; the services are api, sip, wyoming"):
         plan(off, [])
 
 

@@ -10,8 +10,7 @@ import os
 import typer
 
 from appliance.cli.state import CliState
-from appliance.errors import ApplianceError
-from appliance.services.plan import API, SERVICES, SIP, WYOMING
+from appliance.services.plan import API, SERVICES, SIP, WYOMING, plan
 
 
 def start(ctx: typer.Context, only: list[str] | None = None) -> None:
@@ -39,9 +38,8 @@ def run_command(
     SIGHUP reloads the configuration. What `make run` and the systemd unit start."""
     names = None if only is None else [n.strip() for n in only.split(",") if n.strip()]
     if names is not None:
-        unknown = sorted(set(names) - set(SERVICES))
-        if unknown or not names:
-            raise ApplianceError(f"--only {only!r}: the services are {', '.join(SERVICES)} (comma-separated)")
+        state: CliState = ctx.obj
+        plan(state.settings, names)  # an unknown name, or none: one clear error before anything starts
     start(ctx, names)
 
 

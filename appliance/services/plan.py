@@ -29,8 +29,8 @@ def plan(settings: Settings, only: Collection[str] | None = None) -> list[Servic
     if only is not None:
         unknown = sorted(set(only) - set(SERVICES))
         if unknown or not only:
-            raise GraphError(f"no service called {', '.join(map(repr, unknown)) or 'nothing'}; "
-                             f"the services are {', '.join(SERVICES)}")
+            named = f"no service called {', '.join(map(repr, unknown))}" if unknown else "no service named"
+            raise GraphError(f"{named}; the services are {', '.join(SERVICES)}")
 
     def wanted(name: str, enabled: bool) -> bool:
         return name in only if only is not None else enabled
