@@ -30,12 +30,17 @@ def test_streaming_first_chunk_is_short_and_the_whole_is_intelligible(stack: Voi
     async def collect() -> list[np.ndarray]:
         return [chunk.audio async for chunk in tts.stream(SENTENCE)]
 
-    chunks = asyncio.run(collect())
-    assert len(chunks) == 4
-    assert len(chunks[0]) < 0.3 * sum(len(c) for c in chunks)
-    audio = np.concatenate(chunks)
-    heard = stack.asr["whisper-tiny-en"].transcribe(audio, AsrOptions(language="en")).text
-    assert wer([SENTENCE], [heard]) <= 0.15, heard
+    # Piper draws fresh noise on every call (its graph holds RandomNormalLike), so one rendering is a sample:
+    # 55 renderings here scored WER 0-0.125 with tiny.en ("logged" heard as "log" or "logon"), one on CI 0.19
+    # ("log on", "Integra"), and bad ones come in runs within a process. Judge the mean of three.
+    errors, heard = [], []
+    for _ in range(3):
+        chunks = asyncio.run(collect())
+        assert len(chunks) == 4
+        assert len(chunks[0]) < 0.3 * sum(len(c) for c in chunks)
+        heard.append(stack.asr["whisper-tiny-en"].transcribe(np.concatenate(chunks), AsrOptions(language="en")).text)
+        errors.append(wer([SENTENCE], [heard[-1]]))
+    assert sum(errors) / len(errors) <= 0.15, heard
 
 
 def test_closing_the_stream_stops_synthesis(stack: VoiceStack) -> None:
