@@ -17,6 +17,7 @@ from appliance.hw import HardwareReport, ProfileMatch, load_profiles, match_prof
 from appliance.hw.profiles import Candidate
 from appliance.models import Catalog, ModelStore, default_store_path, load_catalog
 from appliance.models.residency import Lease, ModelPool, Pinned
+from appliance.models.store import ModelFiles
 from appliance.runtime import Backend, BackendContext, Selection, allocator, make_backends, select
 from appliance.voice.asr import WhisperAsr
 from appliance.voice.endpoint import EndpointOptions
@@ -71,6 +72,18 @@ class Device:
         selection = select(files, self.candidates(model_id), self.backends, self.settings.runtime.compare_candidates)
         self.selections[model_id] = selection
         return selection
+
+    def trial(self, files: ModelFiles) -> str | None:
+        """Could this device run these files (a version not active yet, e.g. an update)? None when a candidate
+        runtime loads them and passes the smoke test; otherwise every rejection. Nothing stays loaded."""
+        candidates = list(self.match.profile.runtimes.get(files.task, []))  # type: ignore[call-overload]
+        if not candidates:
+            return f"this device's profile {self.match.profile.name} has no runtime for task {files.task!r}"
+        selection = select(files, candidates, self.backends)
+        try:
+            return None if selection.winner is not None else selection.reason
+        finally:
+            selection.close()
 
     def load(self, model_id: str) -> Selection:
         """Loader for the pool: the winning runtime's handle, or a clear error listing every rejection."""

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from appliance.config.files import write_atomic
 from appliance.errors import ApplianceError
 
 PREFIX = "ak"
@@ -46,12 +45,7 @@ class KeyStore:
         return {k["id"]: ApiKey(**k) for k in data.get("keys", [])}
 
     def _save(self, keys: dict[str, ApiKey]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keys-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"keys": [asdict(k) for k in keys.values()]}, fh, indent=1)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"keys": [asdict(k) for k in keys.values()]}, indent=1), mode=0o600)
 
     def create(self, name: str) -> tuple[ApiKey, str]:
         """A new key; the token is returned once and never stored."""

@@ -10,11 +10,13 @@ import typer
 from rich.console import Console
 
 from appliance.cli import (
+    agent_cmd,
     bench_cmd,
     config_cmd,
     doctor_cmd,
     kiosk_cmd,
     models_cmd,
+    release_cmd,
     run_cmd,
     sbom_cmd,
     serve_cmd,
@@ -37,6 +39,8 @@ app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(serve_cmd.keys_app, name="keys")
 app.add_typer(sip_cmd.app, name="sip")
+app.add_typer(release_cmd.app, name="release")
+app.add_typer(agent_cmd.app, name="agent")
 app.command("run")(run_cmd.run_command)
 app.command("status")(status_cmd.status)
 app.command("serve")(run_cmd.serve)

@@ -6,7 +6,6 @@ other commands). Output goes to stdout, or atomically to ``-o PATH`` (a temporar
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import typer
 from rich.console import Console
 
 from appliance.cli.state import CliState
+from appliance.config.files import write_atomic
 from appliance.errors import ApplianceError
 
 
@@ -43,24 +43,9 @@ def sbom(
     if output is None:
         sys.stdout.write(text)
         return
-    write_atomic(output, text)
+    try:
+        write_atomic(output, text)
+    except OSError as exc:
+        raise ApplianceError(f"cannot write the SBOM to {output}: {exc.strerror or exc}") from None
     Console(stderr=True).print(f"CycloneDX {SPEC.to_version()} SBOM written to {output} "
                                f"({len(bom.components)} components)", highlight=False)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write beside the target, flush to disk, rename over it: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as umask allows, like a plain open
-    except OSError as exc:
-        raise ApplianceError(f"cannot write the SBOM to {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ApplianceError(f"cannot write the SBOM to {path}: {exc.strerror or exc}") from None

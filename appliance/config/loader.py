@@ -35,9 +35,12 @@ def load_settings(path: Path | None = None) -> Settings:
         path = Path(environ.get("APPLIANCE_CONFIG", str(DEFAULT_CONFIG_PATH)))
     data: dict[str, Any] = {}
     if path.exists():
-        data = _read_toml(path)
+        data = read_toml(path)
     elif explicit:
         raise ConfigError(f"config file {path} does not exist")
+    bundle = fleet_bundle_path(data)
+    if bundle.exists():  # the fleet's configuration layer: over the local file, under the environment
+        data = merge(data, {k: v for k, v in read_toml(bundle).items() if k != "fleet"})
     unknown = [name for name in environ if name.startswith(ENV_PREFIX) and not _known_env(name)]
     if unknown:
         raise ConfigError(
@@ -48,6 +51,32 @@ def load_settings(path: Path | None = None) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path if data else None, environ)) from None
+
+
+def fleet_bundle_path(data: Mapping[str, Any]) -> Path:
+    """Where the update agent keeps the configuration bundle it applied: ``fleet.state_dir``/config.toml."""
+    from appliance.config.paths import data_root
+
+    state = os.environ.get("APPLIANCE_FLEET__STATE_DIR") or (data.get("fleet") or {}).get("state_dir")
+    return (Path(state) if state else data_root() / "fleet") / "config.toml"
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``, table by table."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
+def validate_toml(path: Path) -> Settings:
+    """The settings a TOML file alone describes (no environment, no default file): how a configuration bundle
+    is checked before it is published and again before a device applies it."""
+    data = read_toml(path)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path, {})) from None
 
 
 def _known_env(name: str) -> bool:
@@ -63,7 +92,7 @@ def _known_env(name: str) -> bool:
     return True
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

@@ -197,6 +197,46 @@ class SupervisorSettings(_Section):
     )
 
 
+class FleetSettings(_Section):
+    repository: str | None = Field(
+        None, description="Base URL of the signed update repository (its metadata/ and targets/ below it); "
+        "the update agent runs under `appliance run` when set."
+    )
+    root: Path | None = Field(
+        None, description="The repository's trusted root.json shipped with the device (its trust anchor); "
+        "needed with `repository`."
+    )
+    state_dir: Path | None = Field(
+        None, description="The agent's journal, status, events and the fleet's configuration layer; "
+        "default DATA/fleet."
+    )
+    interval_s: float = Field(300.0, ge=1, le=86400, description="Seconds between polls.")
+    jitter: float = Field(
+        0.2, ge=0, le=0.5, description="Each wait is interval_s * (1 +/- jitter): a fleet does not poll in step."
+    )
+    backoff_max_s: float = Field(
+        3600.0, ge=1, description="Longest wait after repeated failures (the wait doubles per failure)."
+    )
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Network timeout of one request.")
+    tags: list[str] = Field(
+        default_factory=list, description="Device tags that targets may name (the profile's name is always one)."
+    )
+    group: str | None = Field(None, description="The device's group in the console (reported with events).")
+    pins: dict[str, int] = Field(
+        default_factory=dict, description="Versions the group holds a model id or config bundle at."
+    )
+    config: str | None = Field(
+        None, description="Name of the configuration bundle this device follows; none when unset."
+    )
+    board: str | None = Field(None, description="Firmware board name this device takes images for.")
+
+    @model_validator(mode="after")
+    def _root_with_repository(self) -> FleetSettings:
+        if self.repository and self.root is None:
+            raise ValueError("fleet.repository needs fleet.root (the repository's trusted root.json)")
+        return self
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
@@ -218,6 +258,7 @@ class Settings(BaseSettings):
     sip: SipSettings = Field(default_factory=SipSettings, description="SIP telephony.")
     bot: BotSettings = Field(default_factory=BotSettings, description="The call-center bot answering calls.")
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings, description="`appliance run`.")
+    fleet: FleetSettings = Field(default_factory=FleetSettings, description="Signed updates (the update agent).")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -88,8 +89,12 @@ class ModelEntry(BaseModel):
 
     def digest(self) -> str:
         """Version id: a hash of every variant's file names and checksums."""
-        listing = sorted((v, f.name, f.sha256) for v, files in self.variants.items() for f in files)
-        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+        return files_digest((v, f.name, f.sha256) for v, files in self.variants.items() for f in files)
+
+
+def files_digest(files: Iterable[tuple[str, str, str]]) -> str:
+    """A model version's id from its (variant, file name, sha256) triples: the same files, the same id."""
+    return hashlib.sha256(json.dumps(sorted(map(list, files))).encode()).hexdigest()[:16]
 
 
 class Catalog(BaseModel):

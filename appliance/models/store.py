@@ -22,7 +22,7 @@ from pathlib import Path
 
 from appliance.config.paths import data_root
 from appliance.errors import ApplianceError
-from appliance.models.catalog import FileEntry, ModelEntry, Source
+from appliance.models.catalog import FileEntry, ModelEntry, Source, files_digest
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]
@@ -129,12 +129,73 @@ class ModelStore:
         os.replace(staging, tree)
 
     def _activate(self, model_id: str, tree: Path) -> None:
-        active = self._mk(self.root / "active") / model_id
-        tmp = active.with_name(f".{model_id}.switch")
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        tmp.symlink_to(os.path.relpath(tree, active.parent))
-        os.replace(tmp, active)
+        _switch(self._mk(self.root / "active") / model_id, tree)
+
+    # ---- updates (the fleet agent) ----------------------------------------------------------------
+    @property
+    def staging(self) -> Path:
+        """Where downloads land before they are verified: on the store's filesystem (a rename adopts them),
+        never in RAM or a tmpfs."""
+        return self._mk(self.root / "staging")
+
+    def adopt_blob(self, path: Path, sha256: str) -> Path:
+        """Move a verified file (on the store's filesystem) into the blobs, read-only."""
+        blob = self.blob_path(sha256)
+        self._mk(blob.parent)
+        with path.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(path, 0o444)
+        os.replace(path, blob)
+        return blob
+
+    def install_tree(self, manifest: dict) -> Path:
+        """Build (once) the version tree a manifest describes from blobs already in the store; not activated."""
+        digest = files_digest((f["variant"], f["name"], f["sha256"]) for f in manifest["files"])
+        tree = self.root / "trees" / manifest["id"] / digest
+        if (tree / "manifest.json").exists():
+            return tree
+        staging = Path(tempfile.mkdtemp(dir=self._mk(tree.parent), prefix=".staging-"))
+        listing = []
+        for f in manifest["files"]:
+            self._mk(staging / f["variant"])
+            _link_or_copy(self.blob_path(f["sha256"]), staging / f["variant"] / f["name"])
+            listing.append({k: f[k] for k in ("variant", "name", "sha256", "size")})
+        kept = {k: manifest[k] for k in ("id", "kind", "task") if k in manifest}
+        (staging / "manifest.json").write_text(json.dumps({**kept, "digest": digest, "version": manifest.get("version"),
+                                                           "files": listing}, indent=1))
+        os.replace(staging, tree)
+        return tree
+
+    def activate(self, model_id: str, tree: Path) -> None:
+        """Make ``tree`` the version in use, remembering the one it replaces as ``previous/<id>`` (rollback)."""
+        link = self.root / "active" / model_id
+        if link.is_symlink() and link.resolve() != tree.resolve():
+            _switch(self._mk(self.root / "previous") / model_id, link.resolve())
+        self._activate(model_id, tree)
+
+    def previous(self, model_id: str) -> Path | None:
+        link = self.root / "previous" / model_id
+        return link.resolve() if link.is_symlink() and link.exists() else None
+
+    def active_tree(self, model_id: str) -> Path | None:
+        link = self.root / "active" / model_id
+        return link.resolve() if link.is_symlink() and link.exists() else None
+
+    def prune(self, model_id: str) -> list[Path]:
+        """Remove the model's trees other than the active and the previous one, then every blob that no tree's
+        manifest lists; returns what was removed."""
+        keep = {t for t in (self.active_tree(model_id), self.previous(model_id)) if t is not None}
+        removed = [t for t in (self.root / "trees" / model_id).glob("*") if t.is_dir() and t.resolve() not in keep]
+        for tree in removed:
+            shutil.rmtree(tree)
+        if removed:
+            used = {f["sha256"] for m in (self.root / "trees").glob("*/*/manifest.json")
+                    for f in json.loads(m.read_text())["files"]}
+            for blob in (self.root / "blobs" / "sha256").glob("*"):
+                if blob.name not in used:
+                    blob.unlink()
+                    removed.append(blob)
+        return removed
 
     # ---- use ------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -154,8 +215,12 @@ class ModelStore:
             raise StoreError(
                 f"model {model_id} is not provisioned in {self.root}; fix: appliance models pull {model_id}"
             )
-        tree = link.resolve()  # pin the version once: a concurrent switch must not mix two versions
+        return self.files_at(link.resolve())  # pin the version once: a concurrent switch must not mix two
+
+    def files_at(self, tree: Path) -> ModelFiles:
+        """A version tree's files (active or not), after a quick check (existence and size) of each."""
         manifest = json.loads((tree / "manifest.json").read_text())
+        model_id = manifest["id"]
         variants: dict[str, dict[str, Path]] = {}
         checksums = {}
         for f in manifest["files"]:
@@ -256,6 +321,15 @@ def _locate(model_id: str, src: Source) -> Path:
             f"fix: pip install --force-reinstall {src.package}"
         )
     return path
+
+
+def _switch(link: Path, tree: Path) -> None:
+    """Point ``link`` at ``tree`` by renaming a new symlink over it: atomic, so a crash leaves old or new."""
+    tmp = link.with_name(f".{link.name}.switch")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(tree, link.parent))
+    os.replace(tmp, link)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -4,6 +4,7 @@ is one more entry here and one more class beside the others in this package."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -12,8 +13,8 @@ from appliance.supervisor.graph import GraphError, ServiceSpec
 if TYPE_CHECKING:
     from appliance.config import Settings
 
-API, SIP, WYOMING = "api", "sip", "wyoming"
-SERVICES = (API, SIP, WYOMING)
+API, SIP, WYOMING, AGENT = "api", "sip", "wyoming", "agent"
+SERVICES = (API, SIP, WYOMING, AGENT)
 
 
 def wyoming_enabled(settings: Settings) -> bool:
@@ -23,7 +24,8 @@ def wyoming_enabled(settings: Settings) -> bool:
 
 def plan(settings: Settings, only: Collection[str] | None = None) -> list[ServiceSpec]:
     """The appliance's services for these settings: the HTTP API (with the kiosk page and WebRTC) always, the
-    phone when ``sip.enabled``, the Wyoming servers when ``wyoming.enabled``; or exactly the services named in
+    phone when ``sip.enabled``, the Wyoming servers when ``wyoming.enabled``, the update agent when
+    ``fleet.repository`` is set; or exactly the services named in
     ``only`` (`appliance run --only`), whatever the settings enable. The models warm outside every service, so
     none depends on another."""
     if only is not None:
@@ -47,6 +49,8 @@ def plan(settings: Settings, only: Collection[str] | None = None) -> list[Servic
     if wanted(WYOMING, wyoming_enabled(settings)):
         wyoming = settings.wyoming
         specs.append(ServiceSpec(WYOMING, key=(wyoming.stt_uri, wyoming.tts_uri, tuple(wyoming.allow))))
+    if wanted(AGENT, bool(settings.fleet.repository)):
+        specs.append(ServiceSpec(AGENT, key=(json.dumps(settings.fleet.model_dump(mode="json"), sort_keys=True),)))
     return specs
 
 

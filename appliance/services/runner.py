@@ -16,13 +16,14 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance.services.agent import AgentTask
 from appliance.services.api import ApiService
-from appliance.services.plan import API, SIP, WYOMING, needs_process_restart, plan
+from appliance.services.plan import AGENT, API, SIP, WYOMING, needs_process_restart, plan
 from appliance.services.sip import SipTask
 from appliance.services.wyoming import WyomingTask
 from appliance.supervisor.graph import GraphError, ServiceSpec
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from appliance.api.context import ApiServices
     from appliance.api.keys import KeyStore
     from appliance.config import Settings
+    from appliance.device import Device
     from appliance.voice.readiness import VoiceModels
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class ApplianceGraph:
     services: ApiServices
     only: Collection[str] | None = None  # `appliance run --only`: exactly these services
     supervisor: Supervisor | None = None
+    device: Device | None = None  # for the update agent: its store and runtimes
+    reload: Callable[[], Coroutine[Any, Any, dict[str, str]]] | None = None  # the SIGHUP path, for the agent
 
     def plan(self, settings: Settings) -> list[ServiceSpec]:
         return plan(settings, self.only)
@@ -63,10 +67,18 @@ class ApplianceGraph:
             return SipTask(settings, self.services)
         if spec.name == WYOMING:
             return WyomingTask(settings, self.models)
+        if spec.name == AGENT and self.device is not None and self.reload is not None:
+            return AgentTask(settings, self.device, self.reload, self.services_ready)
         raise GraphError(f"no service called {spec.name!r}")
 
     def status(self) -> dict[str, Any]:
         return self.supervisor.status() if self.supervisor is not None else {}
+
+    def services_ready(self) -> str | None:
+        """None when every service but the agent is ready; else which are not (the agent's health check)."""
+        services = self.status().get("services", {})
+        waiting = [f"{n} {s.get('state')}" for n, s in services.items() if n != AGENT and not s.get("ready")]
+        return f"not ready: {', '.join(waiting)}" if waiting else None
 
 
 def where(status: dict[str, Any], settings: Settings) -> str:
@@ -127,7 +139,7 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
     keys = keys or KeyStore(settings.api.keys_file or state_dir / "api-keys.json")
     provisioned = [m.id for m in device.catalog.models if device.store.is_active(m.id)]
     services = ApiServices(settings.api, keys, models, lambda: provisioned, standalone=False)
-    graph = ApplianceGraph(models, services, only)
+    graph = ApplianceGraph(models, services, only, device=device)
     services.supervisor = graph.status
     guard = MemoryGuard(MemoryOptions(), shed=lambda reason: None, recover=lambda: None)
 
@@ -157,6 +169,15 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
             log.warning("changed %s: takes effect after a restart (systemctl restart appliance)", ", ".join(later))
         current[0] = new
         return new
+
+    async def reload_now() -> dict[str, str]:  # what SIGHUP does, for the update agent's config bundles
+        try:
+            new = await asyncio.to_thread(reload)
+        except Exception as exc:
+            return {"error": str(exc)}
+        return await supervisor.reload(new)
+
+    graph.reload = reload_now
 
     async def announce() -> None:
         await supervisor.ready.wait()
