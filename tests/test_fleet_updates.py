@@ -5,9 +5,10 @@ runtime selection, atomic switch, health check and rollback). Every attack leave
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jsonschema
 import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
@@ -53,12 +54,17 @@ def world(tmp_path: Path, runtimes: Device):
 
 
 class World:
-    def __init__(self, tmp, keys, repo, server, dev, v1, v2, health) -> None:  # noqa: ANN001 - test wiring
+    def __init__(self, tmp, keys, repo, server, dev, v1, v2, health) -> None:
         self.tmp, self.keys, self.repo, self.server, self.dev = tmp, keys, repo, server, dev
         self.v1, self.v2, self.health = v1, v2, health
 
     def onnx_sha(self) -> str:
         return sha256_file(self.dev.store.resolve(MODEL).file("onnx", ".onnx"))
+
+    def events_follow_the_schema(self) -> None:
+        schema = json.loads((Path(__file__).parents[1] / "docs" / "fleet-events.schema.json").read_text())
+        for event in self.dev.events():
+            jsonschema.validate(event, schema, format_checker=jsonschema.FormatChecker())
 
     def sha_of(self, tree: Path) -> str:
         return next(f["sha256"] for f in json.loads((tree / "manifest.json").read_text())["files"])
@@ -77,6 +83,7 @@ def test_a_new_model_version_arrives_as_a_delta_is_smoke_tested_and_activated(wo
     assert world.server.wire_bytes("/targets/models/blobs/") == 0 and blob_bytes < 0.01 * full
     kinds = [e["type"] for e in world.dev.events()]
     assert kinds == ["check", "download", "apply"], kinds
+    world.events_follow_the_schema()
     world.server.reset_counts()
     again = world.dev.agent.poll_once()  # a no-op poll: metadata only, nothing pending
     assert again.pending == [] and world.server.wire_bytes("/targets/") == 0, world.server.requests
@@ -198,7 +205,7 @@ def attack_rollback(world: World) -> None:
 
 
 def attack_freeze(world: World) -> None:
-    world.repo.now = lambda: datetime.now(timezone.utc) - timedelta(days=3)
+    world.repo.now = lambda: datetime.now(UTC) - timedelta(days=3)
     world.repo.do_timestamp(force=True)  # valid signature, expired two days ago
 
 
@@ -258,11 +265,12 @@ ATTACKS = [attack_rollback, attack_freeze, attack_mix_and_match, attack_tampered
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.__name__.removeprefix("attack_") for a in ATTACKS])
-def test_attacks_are_refused_and_the_model_in_use_is_untouched(world: World, attack) -> None:  # noqa: ANN001
+def test_attacks_are_refused_and_the_model_in_use_is_untouched(world: World, attack) -> None:
     attack(world)
     world.server.reset_counts()
     status = world.dev.agent.poll_once()
     assert world.dev.store.verify(MODEL) == []
+    world.events_follow_the_schema()
     if attack is attack_delegation_outside_its_paths:  # the lawful v2 installs; the config role's v9 never
         assert any("outside" in why for why in world.dev.agent.client.ignored), world.dev.agent.client.ignored
         assert status.last_error is None and world.dev.state.installed()["model"] == {MODEL: 2}

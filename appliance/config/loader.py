@@ -80,7 +80,7 @@ def validate_toml(path: Path) -> Settings:
 
 
 def _known_env(name: str) -> bool:
-    if name == ENV_PREFIX + "CONFIG":
+    if name == ENV_PREFIX + "CONFIG" or name.startswith(ENV_PREFIX + "KEY_PASSPHRASE"):  # release keys' passphrases
         return True
     parts = name[len(ENV_PREFIX) :].lower().split("__")
     model: Any = Settings

@@ -101,11 +101,9 @@ class Agent:
         status = self.state.status()
         status.last_check, start = time.time(), time.monotonic()
         try:
-            job = self.state.job()
-            if job is not None:
-                log.info("resuming the %s install of %s v%s at step %s", job.kind, job.name, job.version, job.step)
-                self.installer.resume(job)
+            self._resume(local=True)  # a switch, check or rollback in progress needs no network: finish it first
             self.client.refresh()
+            self._resume(local=False)  # an interrupted download or verification continues with fresh metadata
             offers = [t for role in ROLES for t in self.client.offers(role)]
             chosen = choose(offers, self.device, self.state.installed(), self.state.refused(),
                             self.state.status().staged)
@@ -126,6 +124,12 @@ class Agent:
             log.warning("update check failed: %s", exc)
         self.state.save_status(status)
         return status
+
+    def _resume(self, local: bool) -> None:
+        job = self.state.job()
+        if job is not None and (job.step in ("activate", "check", "rollback")) == local:
+            log.info("resuming the %s install of %s v%s at step %s", job.kind, job.name, job.version, job.step)
+            self.installer.resume(job)
 
     def _merge(self, status: Status) -> Status:
         """Keep what the installer wrote to the status file meanwhile (staged firmware, notes)."""

@@ -60,7 +60,7 @@ class AgentTask(TaskService):
 
         self._loop = asyncio.get_running_loop()
         self._stop.clear()
-        hooks = Hooks(smoke=self.device.trial, health=self._health, reload=self._reload_now)
+        hooks = Hooks(smoke=self.device.trial, health=self._health, reload=self._reload_now, switched=self._switched)
         self.agent = await asyncio.to_thread(open_agent, self.settings, self.device.store, hooks,
                                              self.device.match.profile.name, self._stop)
         self.set_ready()
@@ -75,6 +75,16 @@ class AgentTask(TaskService):
         actions: dict[str, str] = asyncio.run_coroutine_threadsafe(self._reload(), self._loop).result(HEALTH_WAIT_S)
         if "error" in actions:
             raise FleetError(f"the configuration reload was refused: {actions['error']}")
+
+    def _switched(self, model_id: str) -> None:
+        """The store's active version changed; this process's voice stack keeps what it loaded until restart."""
+        if self.agent is None:
+            return
+        status = self.agent.state.status()
+        note = f"model {model_id}: a new version is active in the store; running services use it after a restart"
+        if note not in status.notes:
+            status.notes.append(note)
+            self.agent.state.save_status(status)
 
     def _health(self, job: Job) -> str | None:
         deadline = time.monotonic() + HEALTH_WAIT_S
