@@ -4,6 +4,7 @@ what is installed or failed before; jitter and backoff), and the settings that s
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from tuf.api.metadata import TargetFile
@@ -62,9 +63,10 @@ def test_polls_spread_with_jitter_and_back_off_after_failures() -> None:
     assert 800 <= schedule.next_wait(9, rng) <= 1200  # capped at backoff_max_s (± jitter)
 
 
-def test_the_agent_runs_when_a_repository_is_set_and_needs_its_root(tmp_path) -> None:  # noqa: ANN001
+def test_the_agent_runs_when_a_repository_is_set_and_needs_its_root(tmp_path: Path) -> None:
     assert "agent" not in [s.name for s in plan(Settings())]
-    with_repo = Settings(fleet={"repository": "http://127.0.0.1:1/", "root": tmp_path / "root.json"})  # type: ignore[arg-type]
+    fleet = {"repository": "http://127.0.0.1:1/", "root": tmp_path / "root.json"}
+    with_repo = Settings(fleet=fleet)  # type: ignore[arg-type]
     assert "agent" in [s.name for s in plan(with_repo)]
     bad = tmp_path / "bad.toml"
     bad.write_text('[fleet]\nrepository = "http://127.0.0.1:1/"\n')
