@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bench.repo_server import RepoServer
 from appliance.models import ModelStore, load_catalog
 from appliance.models.store import sha256_file
 from tests.support import fleet
-from tests.support.repo_server import RepoServer
 
 KILLS = int(os.environ.get("FLEET_KILLS", "100"))
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 
+from appliance.bench.repo_server import RepoServer
 from appliance.models import ModelStore, load_catalog
 from appliance.models.store import sha256_file
 from tests.support import fleet
 from tests.support.cli import appliance
-from tests.support.repo_server import RepoServer
 from tests.support.supervision import ROOT, wait_until
 
 

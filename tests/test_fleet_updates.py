@@ -13,13 +13,13 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
 
+from appliance.bench.repo_server import RepoServer
 from appliance.config import Settings
 from appliance.device import Device
 from appliance.fleet.install import Hooks
 from appliance.models import ModelStore, load_catalog
 from appliance.models.store import sha256_file
 from tests.support import fleet
-from tests.support.repo_server import RepoServer
 
 MODEL = fleet.MODEL
 

@@ -8,11 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
+from appliance.bench.repo_server import RepoServer
 from appliance.fleet.install import Hooks
 from appliance.models import ModelStore, load_catalog
 from tests.support import fleet
 from tests.support.cli import appliance
-from tests.support.repo_server import RepoServer
 
 PASS = {"APPLIANCE_KEY_PASSPHRASE": fleet.PASSPHRASE}
 

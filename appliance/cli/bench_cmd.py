@@ -202,6 +202,31 @@ def _met(goal: dict[str, Any] | None) -> str:
     return "-" if goal is None else "[green]yes[/]" if goal["met"] else "[red]no[/]"
 
 
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    model: str = typer.Option("silero-vad-v6", help="An ONNX model in the store to publish and change."),
+    out: Path = typer.Option(Path("bench-results/update.json"), "--json", help="Where to write the JSON."),
+) -> None:
+    """Signed updates: bytes and seconds for a new model, a changed one (delta vs whole file), a config, a no-op."""
+    from appliance.bench.update import run
+
+    state: CliState = ctx.obj
+    device = state.device
+    results = _with_progress("update", 5, lambda step: run(device.store, model, device.trial, step))
+    _write(out, results)
+    table = Table(title=f"Signed updates of {model} ({results['model_bytes']:,} bytes), real agent on loopback")
+    for column in ("case", "seconds", "target bytes", "metadata bytes", "requests"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for name, case in results["cases"].items():
+        table.add_row(name.replace("_", " "), f"{case['seconds']:.3f}", f"{case['target_bytes']:,}",
+                      f"{case['metadata_bytes']:,}", str(case["requests"]))
+    Console().print(table)
+    ratio = results["delta_vs_full"]
+    Console().print(f"delta vs whole file: {ratio['target_bytes_ratio']:.4f} of the bytes, "
+                    f"{ratio['seconds_ratio']:.2f} of the time. JSON: {out}")
+
+
 def _with_progress(label: str, total: int, work: Callable[[Callable[[str], None]], dict[str, Any]]) -> dict[str, Any]:
     """Run ``work`` with a progress bar on stderr; it calls its argument with a description once per step."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -67,6 +67,7 @@ class Installer:
     hooks: Hooks
     bundle: Path  # the fleet layer of the configuration (merged over the local file by the loader)
     stop: threading.Event
+    deltas: bool = True  # use the repository's binary deltas (off: the whole-file baseline of the benchmark)
 
     # ---- one target -------------------------------------------------------------------------------
     def install(self, target: TargetFile) -> bool:
@@ -141,7 +142,7 @@ class Installer:
         target = self.client.targetinfo(f["target"])
         if target is None or target.hashes.get("sha256") != sha:
             raise FleetError(f"the manifest names {f['target']}, which the repository does not sign as {sha[:12]}…")
-        for base, path in (f.get("deltas") or {}).items():
+        for base, path in (f.get("deltas") or {}).items() if self.deltas else ():
             if self.store.blob_path(base).exists():
                 try:
                     return self._patch(target, base, path)

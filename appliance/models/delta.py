@@ -29,8 +29,10 @@ def _window_log(*sizes: int) -> int:
     return max(20, min(31, (sum(sizes) - 1).bit_length()))
 
 
-def make(old: Path, new: Path, level: int = 19) -> bytes | None:
-    """The delta turning ``old`` into ``new``, or None when a file is too large to patch."""
+def make(old: Path, new: Path, level: int = 9) -> bytes | None:
+    """The delta turning ``old`` into ``new``, or None when a file is too large to patch. Level 9: on a 63 MB
+    Piper voice changed by a few bytes it gives 6.8 kB in 0.3 s, where level 19 (btultra with long-distance
+    matching) gave 27 MB in 25 s and level 3 59 kB."""
     old_size, new_size = old.stat().st_size, new.stat().st_size
     if old_size > MAX_BASE or new_size > MAX_BASE or old_size == 0:
         return None

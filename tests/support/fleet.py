@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from appliance.bench.update import changed_copy
 from appliance.fleet.agent import Agent, DeviceFacts, Schedule
 from appliance.fleet.client import TufClient
 from appliance.fleet.events import EventLog
@@ -45,21 +46,8 @@ def new_repo(root: Path, keys: dict[str, keyfiles.KeyFile], root_keys: list[str]
 
 
 def variant_tree(base: Path, out: Path, salt: bytes) -> Path:
-    """A copy of a model version tree whose ONNX file carries an extra unknown protobuf field (a real, still
-    loadable model that differs by a few bytes: what a fine-tuned re-release looks like to a delta)."""
-    shutil.copytree(base, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    for f in manifest["files"]:
-        path = out / f["variant"] / f["name"]
-        path.chmod(0o644)
-        if f["name"].endswith(".onnx"):
-            field = b"\xa2\x06" + bytes([len(salt)]) + salt  # field 100, length-delimited: the parser skips it
-            data = path.read_bytes() + field
-            path.unlink()
-            path.write_bytes(data)
-            f["sha256"], f["size"] = hashlib.sha256(data).hexdigest(), len(data)
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
+    """A real, still loadable model that differs by a few bytes (see ``changed_copy``)."""
+    return changed_copy(base, out, salt)
 
 
 def broken_tree(base: Path, out: Path) -> Path:

@@ -1,6 +1,6 @@
-"""A static file server on loopback for update repositories: HTTP Range, byte counting, and the faults the
-update tests need (a connection cut after N bytes, endless data past a file's end, slow bytes, a file served
-with other content)."""
+"""A static file server on loopback for update repositories (`appliance bench update` and the update tests):
+HTTP Range, bytes counted per path, and faults to inject (a connection cut after N bytes, endless data past a
+file's end, slow bytes, a file served with other content)."""
 
 from __future__ import annotations
 
