@@ -32,14 +32,8 @@ def _worker(store: Path, state: Path, url: str, root: Path, health: str) -> subp
 
 
 def test_a_hundred_kills_during_installs_leave_a_complete_model_and_the_agent_resumes(tmp_path: Path) -> None:
-    keys = fleet.make_keys(tmp_path / "keys", ["root", *fleet.ROLES])
-    repo = fleet.new_repo(tmp_path / "repo", keys, ["root"])
-    store = ModelStore(tmp_path / "store")
-    store.pull(load_catalog().get(fleet.MODEL))
-    v1 = store.active_tree(fleet.MODEL)
-    assert v1 is not None
-    v2 = fleet.variant_tree(v1, tmp_path / "v2", b"after the power cut")
-    fleet.add_model(repo, v2, fleet.Release(version=2))
+    made = fleet.two_versions(tmp_path, b"after the power cut", offer_v1=False)
+    repo, store, v1, v2 = made.repo, made.store, made.v1, made.v2
     fleet.publish(repo)
     assert not (repo.targets_dir / "models" / "deltas").exists()  # no v1 there: the whole file travels
     good = {sha256_file(t / "onnx" / "model.onnx") for t in (v1, v2)}

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 
 from appliance.bench.repo_server import RepoServer
-from appliance.models import ModelStore, load_catalog
 from appliance.models.store import sha256_file
 from tests.support import fleet
 from tests.support.cli import appliance
@@ -23,15 +22,8 @@ from tests.support.supervision import ROOT, wait_until
 
 
 def test_a_running_appliance_takes_a_new_model_and_a_config_change_in_one_poll(tmp_path: Path) -> None:
-    keys = fleet.make_keys(tmp_path / "keys", ["root", *fleet.ROLES])
-    repo = fleet.new_repo(tmp_path / "repo", keys, ["root"])
-    store = ModelStore(tmp_path / "store")
-    store.pull(load_catalog().get(fleet.MODEL))
-    v1 = store.active_tree(fleet.MODEL)
-    assert v1 is not None
-    v2 = fleet.variant_tree(v1, tmp_path / "v2", b"from the fleet")
-    fleet.add_model(repo, v1, fleet.Release(version=1))
-    fleet.add_model(repo, v2, fleet.Release(version=2))
+    made = fleet.two_versions(tmp_path, b"from the fleet", offer_v1=True)
+    repo, store, v2 = made.repo, made.store, made.v2
     bundle = tmp_path / "lobby.toml"
     bundle.write_text("[api]\nrate_per_minute = 33\n")
     fleet.add_config(repo, "lobby", bundle, fleet.Release())
@@ -58,6 +50,12 @@ config = "lobby"
         proc = subprocess.Popen([sys.executable, "-m", "appliance", "--config", str(config), "run"], env=env,
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+        def installed() -> dict[str, Any]:
+            try:
+                return dict(json.loads((state / "fleet" / "installed.json").read_text()))
+            except (OSError, ValueError):
+                return {}
+
         def status() -> dict[str, Any]:
             try:
                 return dict(json.loads((state / "status.json").read_text()))
@@ -69,8 +67,8 @@ config = "lobby"
                               and s.get("services", {}).get("agent", {}).get("last_check") and s, 120,
                               "the config bundle applied by the agent")
             assert proc.poll() is None
-            installed = json.loads((state / "fleet" / "installed.json").read_text())
-            assert installed == {"model": {fleet.MODEL: 2}, "config": {"lobby": 1}, "firmware": {}}
+            expected = {"model": {fleet.MODEL: 2}, "config": {"lobby": 1}, "firmware": {}}
+            wait_until(lambda: installed() == expected, 60, "both recorded installed")  # after the config's check
             onnx = store.resolve(fleet.MODEL).file("onnx", ".onnx")
             assert sha256_file(onnx) == sha256_file(v2 / "onnx" / "model.onnx")
             assert done["services"]["agent"]["last_error"] is None

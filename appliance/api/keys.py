@@ -45,7 +45,7 @@ class KeyStore:
         return {k["id"]: ApiKey(**k) for k in data.get("keys", [])}
 
     def _save(self, keys: dict[str, ApiKey]) -> None:
-        write_atomic(self.path, json.dumps({"keys": [asdict(k) for k in keys.values()]}, indent=1), mode=0o600)
+        write_atomic(self.path, json.dumps({"keys": [asdict(k) for k in keys.values()]}, indent=1), 0o600, parents=True)
 
     def create(self, name: str) -> tuple[ApiKey, str]:
         """A new key; the token is returned once and never stored."""

@@ -25,7 +25,8 @@ class CliState:
 
             self._settings = load_settings(self.config_path)
             logging.basicConfig(level=self._settings.log.level.upper(), format="%(levelname)s %(name)s: %(message)s")
-            for chatty in ("aioice", "aiortc", "httpx", "httpcore", "tuf", "securesystemslib", "urllib3"):  # per-packet and per-request INFO lines
+            # per-packet, per-request and per-signature INFO lines
+            for chatty in ("aioice", "aiortc", "httpx", "httpcore", "tuf", "securesystemslib", "urllib3"):
                 logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
         return self._settings
 

@@ -9,10 +9,12 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> None:
+def write_atomic(path: Path, data: bytes | str, mode: int | None = None, parents: bool = False) -> None:
     """Replace ``path`` with ``data``; ``mode`` (e.g. 0o600) is set before the rename, so the file is never
-    readable by others even for an instant. Raises OSError (ENOSPC, EACCES…) with nothing left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    readable by others even for an instant; ``parents`` makes missing folders (a state directory), otherwise a
+    missing folder is an error. Raises OSError (ENOSPC, EACCES…) with nothing left behind."""
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -30,7 +30,7 @@ from appliance.config.files import write_atomic
 from appliance.fleet.client import FleetError, TufClient
 from appliance.fleet.download import fetch
 from appliance.fleet.events import Event, EventLog, since
-from appliance.fleet.state import AgentState, Job
+from appliance.fleet.state import AgentState, Job, Step
 from appliance.models import ModelStore
 from appliance.models import delta as deltas
 from appliance.models.store import ModelFiles
@@ -114,19 +114,10 @@ class Installer:
             assert job.tree is not None
             self.store.activate(job.name, Path(job.tree))
             self.hooks.switched(job.name)
-            job.step = "check"
-            self.state.begin(job)
-        if job.step == "check":
-            problem = self.hooks.health(job)
-            if problem is None:
-                self.state.record_installed("model", job.name, job.version)
-                self.state.finish()
-                self.store.prune(job.name)
-                self.events.emit(Event("apply", True, "active and healthy", "model", job.target, job.name,
-                                       job.version))
-                return True
-            job.step, job.reason = "rollback", f"health check failed after the switch: {problem}"
-            self.state.begin(job)
+            self._step(job, "check")
+        if job.step == "check" and self._healthy(job, "the switch"):
+            self.store.prune(job.name)
+            return True
         if job.step == "rollback":
             if job.previous is not None:
                 self.store.activate(job.name, Path(job.previous))
@@ -195,21 +186,12 @@ class Installer:
             assert job.tree is not None
             staged = Path(job.tree)
             if staged.exists():
-                write_atomic(self.bundle, staged.read_bytes())
+                write_atomic(self.bundle, staged.read_bytes(), parents=True)
                 staged.unlink()
             self.hooks.reload()
-            job.step = "check"
-            self.state.begin(job)
-        if job.step == "check":
-            problem = self.hooks.health(job)
-            if problem is None:
-                self.state.record_installed("config", job.name, job.version)
-                self.state.finish()
-                self.events.emit(Event("apply", True, "applied and healthy", "config", job.target, job.name,
-                                       job.version))
-                return True
-            job.step, job.reason = "rollback", f"health check failed after the reload: {problem}"
-            self.state.begin(job)
+            self._step(job, "check")
+        if job.step == "check" and self._healthy(job, "the reload"):
+            return True
         if job.step == "rollback":
             if job.previous is not None and Path(job.previous).exists():
                 write_atomic(self.bundle, Path(job.previous).read_bytes())
@@ -244,7 +226,24 @@ class Installer:
                                job.version))
         return True
 
-    # ---- endings ----------------------------------------------------------------------------------
+    # ---- steps and endings -------------------------------------------------------------------------
+    def _step(self, job: Job, step: Step, reason: str | None = None) -> None:
+        """Record the next step before it acts."""
+        job.step, job.reason = step, reason or job.reason
+        self.state.begin(job)
+
+    def _healthy(self, job: Job, after: str) -> bool:
+        """The check step: healthy → recorded as installed (True); else the job moves on to rollback."""
+        problem = self.hooks.health(job)
+        if problem is None:
+            self.state.record_installed(job.kind, job.name, job.version)
+            self.state.finish()
+            self.events.emit(Event("apply", True, f"healthy after {after}", job.kind, job.target, job.name,
+                                   job.version))
+            return True
+        self._step(job, "rollback", f"health check failed after {after}: {problem}")
+        return False
+
     def _refuse(self, job: Job, reason: str, rolled_back: bool = False) -> bool:
         self.state.refuse(job.target, reason)
         self.state.finish()

@@ -90,4 +90,4 @@ class AgentState:
             return None  # hand-edited one is: treat it as absent rather than stop updating
 
     def _write(self, name: str, data: Any) -> None:
-        write_atomic(self.root / name, json.dumps(data, indent=1))
+        write_atomic(self.root / name, json.dumps(data, indent=1), parents=True)

@@ -92,7 +92,7 @@ def add_model(repo: FileRepository, tree: Path, release: Release) -> str:
                 "digest": manifest.get("digest", ""), "version": version, "files": listing}
     path = f"models/{model_id}/{version}/manifest.json"
     staging = repo.root_dir / ".staging" / f"{model_id}-{version}.json"
-    write_atomic(staging, json.dumps(document, indent=1, sort_keys=True).encode())
+    write_atomic(staging, json.dumps(document, indent=1, sort_keys=True).encode(), parents=True)
     add_blob(repo, "models", path, staging, {
         "kind": "model", "model_id": model_id, "model_kind": manifest.get("kind", ""), "task": manifest.get("task", ""),
         "version": version, "languages": release.languages, "tags": release.tags,
@@ -109,7 +109,7 @@ def _offer_delta(repo: FileRepository, old_sha: str, new_sha: str, new: Path) ->
     if patch is None or len(patch) > DELTA_WORTH * new.stat().st_size:
         return {}
     staging = repo.root_dir / ".staging" / f"{old_sha}-{new_sha}.zst"
-    write_atomic(staging, patch)
+    write_atomic(staging, patch, parents=True)
     path = f"models/deltas/{old_sha}-{new_sha}.zst"
     add_blob(repo, "models", path, staging, {"kind": "delta", "from": old_sha, "to": new_sha})
     staging.unlink()
@@ -125,11 +125,7 @@ def add_config(repo: FileRepository, name: str, toml: Path, release: Release) ->
     from appliance.config.loader import validate_toml
 
     validate_toml(toml)  # raises the loader's one-line error naming the key
-    published = [int(t.custom["version"]) for t in targets_of(repo, "config", "config").values()
-                 if t.custom.get("name") == name]
-    version = release.version or max(published, default=0) + 1
-    if version in published:
-        raise RepositoryError(f"config {name} version {version} is already published; fix: --version higher")
+    version = _next_version(repo, "config", "name", name, release)
     path = f"config/{name}/{version}.toml"
     add_blob(repo, "config", path, toml, {"kind": "config", "name": name, "version": version,
                                           "tags": release.tags, "min_appliance": release.min_appliance})
@@ -138,16 +134,23 @@ def add_config(repo: FileRepository, name: str, toml: Path, release: Release) ->
 
 def add_firmware(repo: FileRepository, board: str, image: Path, release: Release, slots: str = "ab") -> str:
     """Publish a firmware bundle (a root filesystem image for the inactive slot of ``board``)."""
-    published = [int(t.custom["version"]) for t in targets_of(repo, "firmware", "firmware").values()
-                 if t.custom.get("board") == board]
-    version = release.version or max(published, default=0) + 1
-    if version in published:
-        raise RepositoryError(f"firmware {board} version {version} is already published; fix: --version higher")
+    version = _next_version(repo, "firmware", "board", board, release)
     path = f"firmware/{board}/{version}/{image.name}"
     add_blob(repo, "firmware", path, image, {"kind": "firmware", "board": board, "version": version,
                                              "slots": {"layout": slots, "partition": "root"},
                                              "tags": release.tags, "min_appliance": release.min_appliance})
     return path
+
+
+def _next_version(repo: FileRepository, kind: str, field: str, value: str, release: Release) -> int:
+    """The release's version of the ``kind`` target whose ``field`` is ``value``: as given, or one above the
+    newest published; a version published already is an error."""
+    published = [int(t.custom["version"]) for t in targets_of(repo, kind, kind).values()
+                 if t.custom.get(field) == value]
+    version = release.version or max(published, default=0) + 1
+    if version in published:
+        raise RepositoryError(f"{kind} {value} version {version} is already published; fix: --version higher")
+    return version
 
 
 def publish(repo: FileRepository) -> tuple[int, int]:

@@ -181,7 +181,7 @@ class FileRepository(Repository):
     def _write(self, role: str, md: Metadata) -> None:
         name = "timestamp.json" if role == "timestamp" else f"{md.signed.version}.{role}.json"
         data = md.to_bytes(JSONSerializer(compact=False))
-        write_atomic(self.metadata_dir / name, data)
+        write_atomic(self.metadata_dir / name, data, parents=True)
         if role == "root":
             write_atomic(self.metadata_dir / "root.json", data)
 

@@ -19,7 +19,7 @@ from appliance.fleet.client import TufClient
 from appliance.fleet.events import EventLog
 from appliance.fleet.install import Hooks, Installer
 from appliance.fleet.state import AgentState
-from appliance.models import ModelStore
+from appliance.models import ModelStore, load_catalog
 from appliance.release import keys as keyfiles
 from appliance.release.publish import Release, add_config, add_firmware, add_model, publish
 from appliance.release.repository import FileRepository, create
@@ -48,6 +48,30 @@ def new_repo(root: Path, keys: dict[str, keyfiles.KeyFile], root_keys: list[str]
 def variant_tree(base: Path, out: Path, salt: bytes) -> Path:
     """A real, still loadable model that differs by a few bytes (see ``changed_copy``)."""
     return changed_copy(base, out, salt)
+
+
+@dataclass
+class Published:
+    repo: FileRepository
+    store: ModelStore  # the device's, holding v1 (pulled from its package)
+    v1: Path
+    v2: Path
+
+
+def two_versions(tmp: Path, salt: bytes, offer_v1: bool) -> Published:
+    """A repository (one root key) offering v2 of the VAD (and v1 too when ``offer_v1``: then with a delta),
+    and a device store holding v1."""
+    keys = make_keys(tmp / "keys", ["root", *ROLES])
+    repo = new_repo(tmp / "repo", keys, ["root"])
+    store = ModelStore(tmp / "store")
+    store.pull(load_catalog().get(MODEL))
+    v1 = store.active_tree(MODEL)
+    assert v1 is not None
+    v2 = variant_tree(v1, tmp / "v2", salt)
+    if offer_v1:
+        add_model(repo, v1, Release(version=1))
+    add_model(repo, v2, Release(version=2))
+    return Published(repo, store, v1, v2)
 
 
 def broken_tree(base: Path, out: Path) -> Path:
