@@ -43,6 +43,7 @@ class Device:
     threads: int
     pool: ModelPool = field(init=False)
     selections: dict[str, Selection] = field(default_factory=dict)
+    loaded: dict[str, str] = field(default_factory=dict)  # model id -> the version (digest) last loaded
     _held: ExitStack = field(default_factory=ExitStack)
 
     @classmethod
@@ -71,6 +72,7 @@ class Device:
         files = self.store.resolve(model_id)
         selection = select(files, self.candidates(model_id), self.backends, self.settings.runtime.compare_candidates)
         self.selections[model_id] = selection
+        self.loaded[model_id] = files.digest
         return selection
 
     def trial(self, files: ModelFiles) -> str | None:
@@ -92,9 +94,15 @@ class Device:
             raise ModelUnavailable(f"no runtime could run {model_id} on this device: {selection.reason}")
         return selection
 
-    def hold(self, model_id: str) -> Any:
-        """Load (once) and keep a model resident for the device's lifetime; its runtime handle."""
-        return self._held.enter_context(self.pool.use(model_id)).handle
+    def hold(self, model_id: str, holds: ExitStack | None = None) -> Any:
+        """Load (once) and keep a model resident while ``holds`` is open (default: the device's lifetime);
+        its runtime handle."""
+        return (self._held if holds is None else holds).enter_context(self.pool.use(model_id)).handle
+
+    def refresh(self, model_id: str) -> None:
+        """A new version of the model is active in the store: the next load takes it (see ``voice_stack``)."""
+        self.pool.retire(model_id)
+        self.selections.pop(model_id, None)
 
     def lease(self, model_id: str) -> Lease:
         """A model loaded now but borrowed per use: memory pressure may unload it while idle (`pool.unload_idle`),
@@ -107,15 +115,16 @@ class Device:
         needs within its first half second (the VAD, the first ASR — English-only when there is one — and the
         voices); leased, so unloadable under memory pressure: further ASR models and the translators."""
         available = [m for m in self.catalog.models if self.store.is_active(m.id)]
+        holds = self._held.enter_context(ExitStack())  # this stack's pinned models: released by stack.release
         asr: dict[str, WhisperAsr] = {}
         for entry in sorted((m for m in available if m.kind == "whisper"), key=lambda m: "en" not in m.languages):
-            model = Pinned(self.hold(entry.id), entry.id) if not asr else self.lease(entry.id)
+            model = Pinned(self.hold(entry.id, holds), entry.id) if not asr else self.lease(entry.id)
             asr[entry.id] = WhisperAsr(model, self.store.resolve(entry.id).file("ct2"))
         vad = next((m for m in available if m.kind == "silero-vad"), None)
         voices: dict[str, Voice] = {}
         for entry in (m for m in available if m.kind == "piper"):
             files = self.store.resolve(entry.id)
-            voice = PiperVoice(self.hold(entry.id), files.file("onnx", ".onnx.json"))
+            voice = PiperVoice(self.hold(entry.id, holds), files.file("onnx", ".onnx.json"))
             voices.setdefault(voice.language, voice)
         translators: list[Translator] = []
         bergamot = [self.lease(m.id) for m in available if m.kind == "bergamot"]
@@ -128,14 +137,15 @@ class Device:
         vad_session = None
         if vad is not None:
             try:
-                vad_session = self.hold(vad.id)
+                vad_session = self.hold(vad.id, holds)
             except ModelUnavailable as exc:  # the WebRTC VAD needs no model: degrade, say why
                 log.warning("Silero VAD unavailable, using WebRTC VAD: %s", exc)
         conf = self.settings.voice
         allocator.trim()  # what loading and the smoke inferences freed
         return VoiceStack(asr, vad_session, voices, translators, vad_kind=conf.vad,
                           endpoint=EndpointOptions(hangover_ms=conf.hangover_ms),
-                          partial_interval_s=conf.partial_interval_s, tts_first_words=conf.tts_first_words)
+                          partial_interval_s=conf.partial_interval_s, tts_first_words=conf.tts_first_words,
+                          release=holds.close)
 
     def close(self) -> None:
         self._held.close()

@@ -72,6 +72,9 @@ config = "lobby"
             onnx = store.resolve(fleet.MODEL).file("onnx", ".onnx")
             assert sha256_file(onnx) == sha256_file(v2 / "onnx" / "model.onnx")
             assert done["services"]["agent"]["last_error"] is None
+            loaded = wait_until(lambda: status()["services"]["agent"]["models_loaded"].get(fleet.MODEL), 10,
+                                "the loaded versions in the status")
+            assert loaded == store.active_digest(fleet.MODEL) != made.v1.name  # the running stack swapped to v2
             assert len([p for p, _ in server.requests if p == "/metadata/timestamp.json"]) == 1  # one poll
             api = done["services"]["api"]["listen"].rsplit(":", 1)[1]
             health = httpx.get(f"http://127.0.0.1:{api}/health", timeout=5).json()

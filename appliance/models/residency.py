@@ -103,6 +103,13 @@ class ModelPool:
             close()
         log.info("unloaded idle model %s (%d MiB)", entry.model_id, entry.size >> 20)
 
+    def retire(self, model_id: str) -> bool:
+        """Forget the loaded copy of a model (a new version was activated): the next use loads the store's
+        active version. The old copy is not closed here: whoever still holds it (a session of the previous
+        voice stack) finishes with it, and it is freed when the last reference goes. Whether one was loaded."""
+        with self._lock:
+            return self._resident.pop(model_id, None) is not None
+
     def unload_idle(self) -> list[str]:
         """Drop every idle model now (memory pressure)."""
         with self._lock:

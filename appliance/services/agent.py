@@ -2,14 +2,16 @@
 the hooks through which it asks the appliance to test, apply and check an update.
 
 The agent works in a thread (TUF verification, hashing, smoke inferences are blocking); it reaches back to the
-supervisor's loop only to reload the configuration and to read the services' states. Model versions it
-activates are tried through the device's runtime selection before and after the switch; the voice stack of a
-running process keeps the version it loaded until the next restart (said in the status notes).
+supervisor's loop to reload the configuration, to swap the voice stack after a model switch, and to read the
+services' states. Model versions it activates are tried through the device's runtime selection before the
+switch; after it, the check asks that every service is ready, that the running stack loaded the new version,
+and that it verifies and runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -24,7 +26,10 @@ if TYPE_CHECKING:
     from appliance.config import Settings
     from appliance.device import Device
     from appliance.fleet.agent import Agent
+    from appliance.voice.readiness import VoiceModels
+    from appliance.voice.stack import VoiceStack
 
+log = logging.getLogger(__name__)
 HEALTH_WAIT_S = 60.0
 
 
@@ -44,16 +49,21 @@ def standalone_hooks(device: Device) -> Hooks:
 
 
 class AgentTask(TaskService):
-    """`appliance run`'s update agent: polls in a worker thread until the supervisor stops it."""
+    """`appliance run`'s update agent: polls in a worker thread until the supervisor stops it. A model switch
+    rebuilds the voice stack beside the one serving (sessions keep the stack they began with); the old stack
+    is stopped and let go once no call or session is live."""
 
-    def __init__(self, settings: Settings, device: Device, reload: Callable[[], Coroutine[Any, Any, dict[str, str]]],
-                 services_ready: Callable[[], str | None]) -> None:
+    def __init__(self, settings: Settings, device: Device, models: VoiceModels,
+                 reload: Callable[[], Coroutine[Any, Any, dict[str, str]]], services_ready: Callable[[], str | None],
+                 live: Callable[[], int]) -> None:
         super().__init__("agent")
-        self.settings, self.device = settings, device
-        self._reload, self._services_ready = reload, services_ready
+        self.settings, self.device, self.models = settings, device, models
+        self._reload, self._services_ready, self._live = reload, services_ready, live
         self._stop = threading.Event()
         self.agent: Agent | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._swap_error: str | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         from appliance.fleet.wiring import open_agent
@@ -64,7 +74,12 @@ class AgentTask(TaskService):
         self.agent = await asyncio.to_thread(open_agent, self.settings, self.device.store, hooks,
                                              self.device.match.profile.name, self._stop)
         self.set_ready()
-        await asyncio.to_thread(self.agent.run, self._stop)
+        try:
+            await asyncio.to_thread(self.agent.run, self._stop)
+        finally:
+            for task in self._retiring:
+                task.cancel()
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def shutdown(self) -> None:
         self._stop.set()
@@ -77,21 +92,44 @@ class AgentTask(TaskService):
             raise FleetError(f"the configuration reload was refused: {actions['error']}")
 
     def _switched(self, model_id: str) -> None:
-        """The store's active version changed; this process's voice stack keeps what it loaded until restart."""
-        if self.agent is None:
+        """The store's active version of ``model_id`` changed: load it into a new voice stack now (from the
+        agent's thread; the swap itself runs on the supervisor's loop)."""
+        assert self._loop is not None
+        self._swap_error = None
+        try:
+            asyncio.run_coroutine_threadsafe(self._swap(model_id), self._loop).result(HEALTH_WAIT_S * 5)
+        except Exception as exc:  # the check step reports it and the agent rolls back
+            self._swap_error = f"the voice stack could not load the new version: {exc}"
+
+    async def _swap(self, model_id: str) -> None:
+        self.device.refresh(model_id)
+        if self.models.current() is None:  # still warming (or failed): the first build loads the new version
             return
-        status = self.agent.state.status()
-        note = f"model {model_id}: a new version is active in the store; running services use it after a restart"
-        if note not in status.notes:
-            status.notes.append(note)
-            self.agent.state.save_status(status)
+        old = await self.models.swap(self.device.voice_stack)
+        log.info("voice stack rebuilt with %s %s; the previous one retires when nothing is live", model_id,
+                 self.device.loaded.get(model_id))
+        if old is not None:
+            task = asyncio.create_task(self._retire(old), name="voice-stack-retire")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: VoiceStack) -> None:
+        """Stop the replaced stack once nothing live can be using it, and let its models go."""
+        while self._live() > 0:
+            await asyncio.sleep(1.0)
+        await old.stop()
+        old.release()
 
     def _health(self, job: Job) -> str | None:
         deadline = time.monotonic() + HEALTH_WAIT_S
-        problem = self._services_ready()
-        while problem is not None and time.monotonic() < deadline and not self._stop.is_set():
+        problem = self._swap_error or self._services_ready()
+        while problem is not None and not self._swap_error and time.monotonic() < deadline and not self._stop.is_set():
             time.sleep(0.5)
             problem = self._services_ready()
+        if problem is None and job.kind == "model" and self.models.current() is not None:
+            active, loaded = self.device.store.active_digest(job.name), self.device.loaded.get(job.name)
+            if loaded is not None and loaded != active:
+                problem = f"the running voice stack uses version {loaded}, not {active}"
         return problem or model_health(self.device, job)
 
     def health(self) -> dict[str, Any]:
@@ -99,4 +137,5 @@ class AgentTask(TaskService):
             return {}
         status = self.agent.state.status()
         return {"repository": self.settings.fleet.repository, "last_check": status.last_check,
-                "last_error": status.last_error, "pending": status.pending, "notes": status.notes}
+                "last_error": status.last_error, "pending": status.pending, "notes": status.notes,
+                "models_loaded": dict(self.device.loaded)}

@@ -68,7 +68,8 @@ class ApplianceGraph:
         if spec.name == WYOMING:
             return WyomingTask(settings, self.models)
         if spec.name == AGENT and self.device is not None and self.reload is not None:
-            return AgentTask(settings, self.device, self.reload, self.services_ready)
+            live = self.supervisor.live if self.supervisor is not None else (lambda: 0)
+            return AgentTask(settings, self.device, self.models, self.reload, self.services_ready, live)
         raise GraphError(f"no service called {spec.name!r}")
 
     def status(self) -> dict[str, Any]:

@@ -86,6 +86,15 @@ class VoiceModels:
                         self._waiters.remove((loop, future))
         return self.require()
 
+    async def swap(self, build: Callable[[], VoiceStack]) -> VoiceStack | None:
+        """Build a new stack (a model was updated) in a worker thread while the current one serves, then make
+        it current; the previous stack is returned for its owner to stop once its sessions are over. A failed
+        build raises and leaves the current stack in place."""
+        new = await asyncio.to_thread(build)
+        with self._lock:
+            old, self._stack, self.error = self._stack, new, None
+        return old
+
     def start(self) -> None:
         """Start building the stack (once) in ``WARM_THREAD``."""
         if self._build is not None and self._thread is None and self.state == "warming":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +34,7 @@ class VoiceStack:
     # one scheduler per model and event loop: its queue and workers belong to the loop that made them
     schedulers: dict[tuple[str, asyncio.AbstractEventLoop], AsrScheduler] = field(default_factory=dict)
     _fallbacks: dict[str, Voice] = field(default_factory=dict)
+    release: Callable[[], None] = lambda: None  # let go of the models this stack keeps resident (once replaced)
 
     def new_vad(self) -> Vad:
         if self.vad_kind == "silero" and self.vad_session is not None:
