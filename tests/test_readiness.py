@@ -67,3 +67,32 @@ def test_models_built_elsewhere_are_ready_at_once() -> None:
     assert models.state == "ready" and asyncio.run(models.wait(0)) is stack
     models.start()  # nothing to build
     assert not models.loading()
+
+
+def test_a_swap_serves_the_old_stack_until_the_new_one_is_built_and_a_failed_build_keeps_it() -> None:
+    old, new = SimpleNamespace(name="v1"), SimpleNamespace(name="v2")
+    models = VoiceModels.of(old)  # type: ignore[arg-type]
+    building = threading.Event()
+    finish = threading.Event()
+
+    def build() -> Any:
+        building.set()
+        assert finish.wait(10)
+        return new
+
+    async def scenario() -> None:
+        swap = asyncio.create_task(models.swap(build))
+        await asyncio.to_thread(building.wait, 10)
+        assert models.require() is old  # sessions starting meanwhile get the stack that works
+        finish.set()
+        assert await swap is old  # handed back for its owner to retire
+        assert models.require() is new and models.state == "ready"
+
+        def broken() -> Any:
+            raise RuntimeError("no runtime could run the new version")
+
+        with pytest.raises(RuntimeError, match="no runtime"):
+            await models.swap(broken)
+        assert models.require() is new
+
+    asyncio.run(scenario())
