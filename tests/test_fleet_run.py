@@ -91,3 +91,26 @@ config = "lobby"
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_appliance_agent_poll_installs_and_an_unreachable_repository_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    made = fleet.two_versions(tmp_path, b"by hand", offer_v1=False)
+    fleet.publish(made.repo)
+    config = tmp_path / "appliance.toml"
+
+    def configure(url: str) -> None:
+        config.write_text(f'[models]\nstore = "{made.store.root}"\n[fleet]\nrepository = "{url}"\n'
+                          f'root = "{made.repo.metadata_dir / "1.root.json"}"\nstate_dir = "{tmp_path / "fleet"}"\n')
+
+    with RepoServer(tmp_path / "repo") as server:
+        configure(server.url)
+        polled = appliance("--config", str(config), "agent", "poll")
+    assert polled.returncode == 0, polled.stdout + polled.stderr
+    assert "last_error   -" in polled.stdout
+    assert sha256_file(made.store.resolve(fleet.MODEL).file("onnx", ".onnx")) == sha256_file(
+        made.v2 / "onnx" / "model.onnx")
+    configure("http://127.0.0.1:9")  # nothing listens on the discard port
+    down = appliance("--config", str(config), "agent", "poll")
+    assert down.returncode == 1 and "unreachable" in down.stdout, down.stdout + down.stderr
+    shown = appliance("--config", str(config), "agent", "status")
+    assert shown.returncode == 0 and "unreachable" in shown.stdout and fleet.MODEL in shown.stdout

@@ -4,7 +4,8 @@ and `publish`, which signs a new snapshot and timestamp so that devices see them
 
 Target paths and their custom fields (what the device agent selects on; documented in docs/fleet.md)::
 
-    models/<id>/<version>/manifest.json  kind=model, model_id, model_kind, task, languages, tags, min_appliance
+    models/<id>/<version>/manifest.json  kind=model, model_id, model_kind, task, languages, tags, min_appliance,
+                                         size (bytes of every file)
     models/blobs/<sha256>                kind=blob (one file of a model; its hash is its name)
     models/deltas/<from>-<to>.zst        kind=delta (zstd --patch-from from blob <from> to blob <to>)
     config/<name>/<version>.toml         kind=config, name, tags, min_appliance
@@ -96,7 +97,7 @@ def add_model(repo: FileRepository, tree: Path, release: Release) -> str:
     add_blob(repo, "models", path, staging, {
         "kind": "model", "model_id": model_id, "model_kind": manifest.get("kind", ""), "task": manifest.get("task", ""),
         "version": version, "languages": release.languages, "tags": release.tags,
-        "min_appliance": release.min_appliance})
+        "min_appliance": release.min_appliance, "size": sum(int(f["size"]) for f in files)})
     staging.unlink()
     return path
 
