@@ -37,6 +37,7 @@ def main(store: str, state: str, url: str, root: str, health: str) -> int:
 
     hooks = Hooks(smoke=smoke, health=check, switched=lambda model_id: time.sleep(0.2))
     dev = fleet.device(ModelStore(Path(store)), Path(state), url, Path(root), hooks)
+    print("polling", flush=True)  # imports done: the test times its kill from here
     status = dev.agent.poll_once()
     print(status.last_error or "ok", flush=True)
     return 0 if status.last_error is None else 1
