@@ -15,39 +15,13 @@ import yaml
 
 from appliance.image import slots
 from appliance.image.boards import ESP, ROOT, VAR, BoardError, load_board
-from appliance.image.disk import assemble, bmap, derived_uuid, make_filesystem, partitions, read_at
-
-SMALL = {"name": "tiny-x86", "arch": "amd64", "suite": "bookworm", "firmware": "uefi", "bootloader": "systemd-boot",
-         "kernel": "linux-image-amd64", "console": "ttyS0", "profile": "generic-x86_64",
-         "layout": [{"name": "esp", "fs": "vfat", "size_mib": 40}, {"name": "root-a", "fs": "ext4", "size_mib": 12},
-                    {"name": "root-b", "fs": "ext4", "size_mib": 12}, {"name": "data", "fs": "ext4", "size_mib": 8}]}
-
-
-def build(tmp: Path, boards: Path, out: str) -> tuple[Path, list]:
-    board = load_board("tiny-x86", boards)
-    root = tmp / "tree-root"
-    (root / "etc").mkdir(parents=True, exist_ok=True)
-    (root / "etc" / "hostname").write_text("appliance\n")
-    (root / "usr" / "bin").mkdir(parents=True, exist_ok=True)
-    (root / "usr" / "bin" / "big").write_bytes(b"\1" * 300_000 + b"\0" * 2_000_000)
-    esp = tmp / "tree-esp"
-    (esp / "EFI" / "BOOT").mkdir(parents=True, exist_ok=True)
-    (esp / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(b"MZ" + b"\0" * 4000)
-    files = {}
-    for spec in board.layout:
-        tree = {"esp": esp, "root-a": root}.get(spec.name)
-        files[spec.name] = make_filesystem(spec, tmp / f"{out}-{spec.name}.part", tree,
-                                           derived_uuid(board.name, spec.name, "fs"))
-    image = tmp / f"{out}.img"
-    return image, assemble(image, board, files)
+from appliance.image.disk import bmap, derived_uuid, make_filesystem, partitions, read_at
+from tests.support.images import SMALL, build, tiny_boards
 
 
 @pytest.fixture
 def boards(tmp_path: Path) -> Path:
-    folder = tmp_path / "boards"
-    folder.mkdir()
-    (folder / "tiny-x86.yaml").write_text(yaml.safe_dump(SMALL))
-    return folder
+    return tiny_boards(tmp_path / "boards")
 
 
 def test_an_image_is_assembled_from_partition_files_and_reads_back(tmp_path: Path, boards: Path,

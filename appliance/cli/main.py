@@ -14,6 +14,7 @@ from appliance.cli import (
     bench_cmd,
     config_cmd,
     doctor_cmd,
+    firmware_cmd,
     kiosk_cmd,
     models_cmd,
     release_cmd,
@@ -41,6 +42,7 @@ app.add_typer(serve_cmd.keys_app, name="keys")
 app.add_typer(sip_cmd.app, name="sip")
 app.add_typer(release_cmd.app, name="release")
 app.add_typer(agent_cmd.app, name="agent")
+app.add_typer(firmware_cmd.app, name="firmware")
 app.command("run")(run_cmd.run_command)
 app.command("status")(status_cmd.status)
 app.command("serve")(run_cmd.serve)

@@ -27,6 +27,7 @@ import httpx
 from tuf.api.metadata import TargetFile
 
 from appliance.config.files import write_atomic
+from appliance.errors import ApplianceError
 from appliance.fleet.client import FleetError, TufClient
 from appliance.fleet.download import fetch
 from appliance.fleet.events import Event, EventLog, since
@@ -220,7 +221,10 @@ class Installer:
             self.state.save_status(status)
             self.events.emit(Event("staged", False, note, "firmware", job.target, job.name, job.version))
             return False
-        self.hooks.slot_writer(path, dict(target.custom))
+        try:
+            self.hooks.slot_writer(path, dict(target.custom))
+        except ApplianceError as exc:  # a bundle this system cannot take: not retried (a newer one is)
+            return self._refuse(job, f"firmware not installed: {exc}")
         self.state.record_installed("firmware", job.name, job.version)
         self.events.emit(Event("apply", True, "written to the inactive slot", "firmware", job.target, job.name,
                                job.version))
@@ -256,7 +260,6 @@ class Installer:
 def check_bundle(path: Path) -> str | None:
     """Why a configuration bundle cannot be applied, or None."""
     from appliance.config.loader import read_toml, validate_toml
-    from appliance.errors import ApplianceError
 
     try:
         if "fleet" in read_toml(path):

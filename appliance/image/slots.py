@@ -121,6 +121,13 @@ def mark_bad(esp: Esp, slot: Slot) -> Entry:
     return Entry(name, entry.generation, slot, 0, max(entry.done, 1))
 
 
+def forget(esp: Esp, slot: Slot) -> None:
+    """Remove ``slot``'s boot entry (before its root is overwritten: a half-written slot must never boot)."""
+    entry = entries(esp).get(slot)
+    if entry is not None:
+        esp.remove(f"{ENTRIES}/{entry.file}")
+
+
 def _entry(esp: Esp, slot: Slot) -> Entry:
     entry = entries(esp).get(slot)
     if entry is None:

@@ -15,10 +15,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.fleet.client import FleetError
-from appliance.fleet.install import Hooks
+from appliance.fleet.install import Hooks, SlotWriter
 from appliance.fleet.state import Job
 from appliance.supervisor.service import TaskService
 
@@ -43,9 +44,27 @@ def model_health(device: Device, job: Job) -> str | None:
     return device.trial(device.store.resolve(job.name))
 
 
+def slot_writer() -> SlotWriter | None:
+    """Firmware goes to the A/B slot not booted when this device runs from an appliance image; elsewhere it is
+    only staged (None)."""
+    from appliance.image.firmware import FirmwareError, install, open_running
+
+    try:
+        system = open_running()
+    except (FirmwareError, OSError):
+        return None
+
+    def write(bundle: Path, custom: dict[str, Any]) -> None:
+        entry = install(system, bundle)
+        log.warning("firmware generation %d written to slot %s: it is tried at the next boot", entry.generation,
+                    entry.slot)
+
+    return write
+
+
 def standalone_hooks(device: Device) -> Hooks:
     """For `appliance agent poll` outside `appliance run`: nothing to reload, models checked on the device."""
-    return Hooks(smoke=device.trial, health=lambda job: model_health(device, job))
+    return Hooks(smoke=device.trial, health=lambda job: model_health(device, job), slot_writer=slot_writer())
 
 
 class AgentTask(TaskService):
@@ -70,7 +89,8 @@ class AgentTask(TaskService):
 
         self._loop = asyncio.get_running_loop()
         self._stop.clear()
-        hooks = Hooks(smoke=self.device.trial, health=self._health, reload=self._reload_now, switched=self._switched)
+        hooks = Hooks(smoke=self.device.trial, health=self._health, reload=self._reload_now, switched=self._switched,
+                      slot_writer=slot_writer())
         self.agent = await asyncio.to_thread(open_agent, self.settings, self.device.store, hooks,
                                              self.device.match.profile.name, self._stop)
         self.set_ready()
