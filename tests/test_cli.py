@@ -110,4 +110,4 @@ def test_the_first_api_key_is_printed_on_a_terminal_only(tmp_path: Path, monkeyp
 def test_run_only_names_the_services_it_knows() -> None:
     proc = appliance("run", "--only", "api,fleet")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == "error: no service called 'fleet'; the services are api, sip, wyoming"
+    assert proc.stderr.strip() == "error: no service called 'fleet'; the services are api, sip, wyoming, agent"

@@ -327,9 +327,9 @@ def test_only_runs_exactly_the_named_services_whatever_the_settings_enable() -> 
     off = Settings(sip={"enabled": False})
     assert [s.name for s in plan(off, ["wyoming"])] == ["wyoming"]  # wyoming.enabled is false by default
     assert [s.name for s in plan(off, ["sip", "api"])] == ["api", "sip"]
-    with pytest.raises(GraphError, match="no service called 'fleet'; the services are api, sip, wyoming"):
+    with pytest.raises(GraphError, match="no service called 'fleet'; the services are api, sip, wyoming, agent"):
         plan(off, ["fleet", "api"])
-    with pytest.raises(GraphError, match="no service named; the services are api, sip, wyoming"):
+    with pytest.raises(GraphError, match="no service named; the services are api, sip, wyoming, agent"):
         plan(off, [])
 
 

@@ -15,6 +15,7 @@ from appliance.cli import (
     config_cmd,
     doctor_cmd,
     firmware_cmd,
+    image_cmd,
     kiosk_cmd,
     models_cmd,
     release_cmd,
@@ -43,6 +44,7 @@ app.add_typer(sip_cmd.app, name="sip")
 app.add_typer(release_cmd.app, name="release")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(firmware_cmd.app, name="firmware")
+app.add_typer(image_cmd.app, name="image")
 app.command("run")(run_cmd.run_command)
 app.command("status")(status_cmd.status)
 app.command("serve")(run_cmd.serve)
