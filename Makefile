@@ -12,7 +12,7 @@ UV_COMPILE := .venv-lock/bin/uv pip compile -q --generate-hashes --python-versio
 SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio19-dev chromium sip-tester \
 	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es \
 	kamailio baresip-core debootstrap systemd-container libsystemd-dev pkg-config fdisk dosfstools mtools bmap-tools \
-	e2fsprogs
+	e2fsprogs mmdebstrap qemu-system-x86 ovmf
 PYTEST_ARGS ?=
 
 .PHONY: run test setup system venv converter models check clean lock wheelhouse debian-versions

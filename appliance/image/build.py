@@ -120,12 +120,13 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
 
     def parts(work: Path) -> None:
         system = work / "root"
-        shutil.copytree(tree_dir, system, symlinks=True)
+        _run("system", ["cp", "-a", "--reflink=auto", str(tree_dir), str(system)], log)  # device nodes too
         _make_system(board, system)
         _partition_files(board, system, work)
 
     step("system and partitions")
-    part_dir = _cached(cache, "parts", _hash(RECIPE, board_key, tree_dir, SLOT_MARKER, SLOT_MARKER_SCRIPT), parts)
+    part_dir = _cached(cache, "parts", _hash(RECIPE, board_key, tree_dir, SLOT_MARKER, SLOT_MARKER_SCRIPT,
+                                                _options(board)), parts)
 
     step("image, block map, bundle")
     image = out / f"{board.name}.img"
@@ -133,8 +134,12 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     assemble(image, board, files)
     block_map = bmap(image)
     kernel, initrd = _boot_files(part_dir / "root")
-    bundle = make_bundle(out / f"{board.name}.bundle", board.name, 2, files["root-a"], kernel, initrd,
-                         _options(board))
+    slot_root = out / f"{board.name}.root.ext4"  # the root filesystem shrunk to its content, for the bundle
+    _run("bundle", ["cp", "--sparse=always", str(files["root-a"]), str(slot_root)], log)
+    _run("bundle", ["e2fsck", "-fy", str(slot_root)], log)
+    _run("bundle", ["resize2fs", "-M", str(slot_root)], log)
+    bundle = make_bundle(out / f"{board.name}.bundle", board.name, 2, slot_root, kernel, initrd, _options(board))
+    slot_root.unlink()
     manifest = out / f"{board.name}.manifest.json"
     dpkg = subprocess.run(["dpkg-query", f"--admindir={part_dir / 'root' / 'var/lib/dpkg'}", "-W",
                            "-f=${Package}=${Version}\\n"], capture_output=True, text=True).stdout.split()
@@ -144,7 +149,7 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
 
 
 def _options(board: Board) -> str:
-    return f"console={board.console},115200 console=tty0 rootwait"
+    return f"console=tty0 console={board.console},115200 rootwait"  # the last console is /dev/console
 
 
 def _make_system(board: Board, root: Path) -> None:
