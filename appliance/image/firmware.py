@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.image import slots
 from appliance.image.slots import Esp, Slot
+from appliance.models.store import sha256_file
 
 FORMAT = "appliance-firmware/1"
 CHUNK = 1 << 20
@@ -68,7 +70,7 @@ def make_bundle(out: Path, board: str, generation: int, root: Path, kernel: Path
                 options: str = "") -> Path:
     files = {"root.ext4": root, "vmlinuz": kernel, "initrd.img": initrd}
     manifest = {"format": FORMAT, "board": board, "generation": generation, "options": options,
-                "files": {name: {"size": p.stat().st_size, "sha256": _sha256(p)} for name, p in files.items()}}
+                "files": {name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for name, p in files.items()}}
     tmp = out.with_name(out.name + ".part")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         data = json.dumps(manifest, indent=1).encode()
@@ -154,7 +156,7 @@ def _write_root(tar: tarfile.TarFile, target: Target, root: dict[str, Any],
             if progress:
                 progress(len(chunk))
         out.flush()
-        _fsync(out)
+        os.fsync(out.fileno())
     if digest.hexdigest() != root["sha256"]:
         raise FirmwareError("root.ext4 in the bundle does not match its manifest; the slot is not switched")
     check = hashlib.sha256()
@@ -166,20 +168,6 @@ def _write_root(tar: tarfile.TarFile, target: Target, root: dict[str, Any],
             left -= len(chunk)
     if check.hexdigest() != root["sha256"]:
         raise FirmwareError(f"slot written but reads back different ({target.path}); the slot is not switched")
-
-
-def _fsync(fh: IO[bytes]) -> None:
-    import os
-
-    os.fsync(fh.fileno())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _BytesReader:
