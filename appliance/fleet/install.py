@@ -105,6 +105,7 @@ class Installer:
             job.step = "verify"
             self.state.begin(job)
             tree = self.store.install_tree({**manifest, "id": job.name})
+            manifest_path.unlink(missing_ok=True)
             problem = self.hooks.smoke(self.store.files_at(tree))
             if problem is not None:
                 return self._refuse(job, f"smoke test failed: {problem}")
@@ -225,6 +226,7 @@ class Installer:
             self.hooks.slot_writer(path, dict(target.custom))
         except ApplianceError as exc:  # a bundle this system cannot take: not retried (a newer one is)
             return self._refuse(job, f"firmware not installed: {exc}")
+        path.unlink(missing_ok=True)  # in the slot now: give the staging space back
         self.state.record_installed("firmware", job.name, job.version)
         self.events.emit(Event("apply", True, "written to the inactive slot", "firmware", job.target, job.name,
                                job.version))
