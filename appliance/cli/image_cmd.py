@@ -1,5 +1,5 @@
-"""`appliance image …`: build a board's A/B disk image (cached steps, a progress line per step) and boot one
-in QEMU with the API and SIP forwarded to the host."""
+"""`appliance image …`: build a board's A/B disk image (cached steps, a progress line per step), flash it to a
+disk, and boot one in QEMU with the API and SIP forwarded to the host."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Device images: build one for a board, boot one in QEMU.", no_args_is_help=True)
+app = typer.Typer(help="Device images: build one for a board, flash it, boot one in QEMU.", no_args_is_help=True)
 
 
 @app.command()
@@ -27,6 +27,22 @@ def build(board: str = typer.Argument(..., help="A board of images/boards/, e.g.
     built = do(load_board(board), out, cache, tuple(package or ()), lambda what: console.print(f"[bold]▸[/] {what}"))
     for path in (built.image, built.bmap, built.bundle, built.manifest):
         typer.echo(str(path))
+
+
+@app.command()
+def flash(image: Path = typer.Argument(..., help="An image built by `appliance image build` (its .bmap beside it)."),
+          device: Path = typer.Argument(..., help="The whole disk to write, e.g. /dev/sdb or /dev/mmcblk0."),
+          yes: bool = typer.Option(False, "--yes", help="Do not ask before overwriting the disk.")) -> None:
+    """Write IMAGE to DEVICE with bmaptool (mapped blocks only, checksummed); refuses a mounted disk, the disk
+    this system runs from, or one smaller than the image."""
+    from appliance.image.flash import check_target
+    from appliance.image.flash import flash as do
+
+    name = check_target(device, image.stat().st_size)
+    if not yes and not typer.confirm(f"Everything on {device} ({name}) will be overwritten. Go on?"):
+        raise typer.Exit(1)
+    do(image, device)
+    typer.echo(f"{image.name} written to {device} and verified")
 
 
 @app.command()
