@@ -36,7 +36,7 @@ def loop(backing: Path, size: int) -> Iterator[Path]:
 
 @needs
 def test_an_image_is_flashed_to_a_loop_device_and_reads_back(tmp_path: Path) -> None:
-    image, placed = build(tmp_path, tiny_boards(tmp_path / "boards"), "disk")
+    image, _ = build(tmp_path, tiny_boards(tmp_path / "boards"), "disk")
     bmap(image)
     with loop(tmp_path / "disk.raw", image.stat().st_size + (8 << 20)) as device:
         done = appliance("image", "flash", str(image), str(device), "--yes")
