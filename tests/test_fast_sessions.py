@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,9 @@ def test_a_speculative_final_prepares_the_answer_once() -> None:
     assert [e.chunk.text for e in out if isinstance(e, Speech)] == ["prepared", "early"]
 
 
+OPEN = datetime(2026, 12, 2, 11, 0, tzinfo=UTC)  # a Wednesday morning: the example office is open
+
+
 async def call(control: FakeCallControl, words: str, until: Callable[[str], bool]) -> str:
     """The example flow on a fake call: the speaker is played out as a transport would, the caller says
     ``words``, and the call runs until ``until(what the bot said so far)``; what the bot said."""
@@ -101,7 +105,8 @@ async def call(control: FakeCallControl, words: str, until: Callable[[str], bool
             await asyncio.sleep(0.001)
 
     player = asyncio.create_task(play())
-    app = FlowCallApp(stack, load_flow(EXAMPLE_FLOW), control, speaker, 16000, on_event=event)  # type: ignore[arg-type]
+    app = FlowCallApp(stack, load_flow(EXAMPLE_FLOW), control, speaker, 16000, on_event=event,  # type: ignore[arg-type]
+                      clock=lambda: OPEN)
     await app.answered()
     (listener,) = stack.listeners
     await listener.speak(words)

@@ -7,6 +7,7 @@ about two minutes here); boots are bounded in time."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bench.image import unbootable_bundle
 from appliance.image import firmware, slots
 from appliance.image.boards import load_board
 from appliance.image.build import Built, build
-from appliance.image.disk import derived_uuid, make_filesystem
 from appliance.image.qemu import Guest, command
+from tests.support.cli import appliance
 from tests.support.supervision import ROOT
 
 BOOT_S = 420  # TCG on two cores: firmware, kernel, initramfs and systemd
@@ -59,20 +61,24 @@ def test_an_update_to_slot_b_is_tried_by_systemd_boot_and_boots(built: Built, tm
 @needs
 def test_a_slot_that_cannot_boot_is_given_up_and_slot_a_boots_by_itself(built: Built, tmp_path: Path) -> None:
     image = fresh(built, tmp_path)
-    board = load_board("generic-x86_64")
-    empty = make_filesystem(board.layout[1].model_copy(update={"size_mib": 64}), tmp_path / "empty.ext4", None,
-                            derived_uuid("empty-root"))
-    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
-    with firmware.tarfile.open(built.bundle) as tar:
-        for name, dest in (("vmlinuz", kernel), ("initrd.img", initrd)):
-            member = tar.extractfile(name)
-            assert member is not None
-            dest.write_bytes(member.read())
-    broken = firmware.make_bundle(tmp_path / "broken.bundle", board.name, 2, empty, kernel, initrd,
-                                  f"console={board.console},115200 panic=3 rootwait")
+    broken = unbootable_bundle(load_board("generic-x86_64"), built.bundle, tmp_path)
     firmware.install(firmware.open_image(image), broken, tries=1)
     args = [a for a in command(image) if a != "-no-reboot"]  # the panic reboots the machine
     with Guest(args) as guest:
         guest.wait_for("APPLIANCE-SLOT a UP", BOOT_S * 1.5)
     entry = slots.entries(firmware.open_image(image).esp)["b"]
     assert entry.state == "bad", entry
+
+
+@needs
+def test_the_image_benchmark_measures_boots_an_update_and_a_rollback(built: Built, tmp_path: Path) -> None:
+    out = tmp_path / "image.json"
+    proc = appliance("bench", "image", "generic-x86_64", "--cache", str(ROOT / "build" / "image-cache"),
+                     "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["accelerator"] == "tcg" and results["build_cached_s"] < 120  # every step reused
+    assert 0 < results["image_mapped_bytes"] < results["image_bytes"] and results["bundle_bytes"] > 0
+    assert 0 < results["boot_a_s"] < BOOT_S and 0 < results["boot_b_s"] < BOOT_S
+    assert results["rollback_to_a_s"] > results["boot_a_s"]  # a failed boot of b, then a
+    assert set(results["ratios"]) == {"boot_b_vs_a", "rollback_vs_boot_a", "mapped_vs_raw"}

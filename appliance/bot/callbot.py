@@ -20,7 +20,7 @@ import soundfile as sf
 
 from appliance.audio.frame import ASR_RATE, float_to_int16
 from appliance.audio.queue import PcmQueue
-from appliance.bot.engine import Action, FlowEngine, Hangup, Listen, Say, StartRecording, Transfer
+from appliance.bot.engine import Action, Clock, FlowEngine, Hangup, Listen, Say, StartRecording, Transfer
 from appliance.bot.flow import Flow
 from appliance.bot.records import CallRecorder, CallStore, Summarizer, summarize
 from appliance.bot.upstream import Answerer
@@ -38,11 +38,13 @@ RATE = ASR_RATE
 class FlowCallApp:
     def __init__(self, stack: VoiceStack, flow: Flow, control: CallControl, speaker: PcmQueue, rate: int,
                  store: CallStore | None = None, llm: Answerer | None = None, summarizer: Summarizer | None = None,
-                 record_audio: bool = False, on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 record_audio: bool = False, on_event: Callable[[dict[str, Any]], None] | None = None,
+                 clock: Clock | None = None) -> None:
         self.flow, self.control, self.speaker, self.store = flow, control, speaker, store
         self.summarizer = summarizer
         info = control.info
-        self.engine = FlowEngine(flow, llm=llm, call_id=info.call_id, caller=info.caller)
+        timing = {"clock": clock} if clock is not None else {}  # the business hours' "now" (tests pin it)
+        self.engine = FlowEngine(flow, llm=llm, call_id=info.call_id, caller=info.caller, **timing)
         self.on_event = on_event
         self.relay = EventRelay("echo", speaker, self._event)
         options = AsrOptions(language=flow.language)

@@ -227,6 +227,32 @@ def update(
                     f"{ratio['seconds_ratio']:.2f} of the time. JSON: {out}")
 
 
+@app.command("image")
+def image(
+    board: str = typer.Argument("generic-x86_64", help="A board of images/boards/."),
+    cold: bool = typer.Option(False, "--cold", help="Also build once with an empty cache (the Debian tree from "
+                              "the mirror: minutes)."),
+    cache: Path = typer.Option(Path("build/image-cache"), "--cache", help="The image build's step cache."),
+    out: Path = typer.Option(Path("bench-results/image.json"), "--json", help="Where to write the JSON."),
+) -> None:
+    """Image size (raw, mapped, bundle), build time (cached; cold with --cold), QEMU boot, A→B and rollback."""
+    from appliance.bench.image import run
+    from appliance.image.boards import load_board
+
+    results = _with_progress("image", 6 if cold else 5, lambda step: run(load_board(board), cache, cold, step))
+    _write(out, results)
+    table = Table(title=f"Image of {board} ({results['accelerator'].upper()})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in results.items():
+        if key not in ("board", "accelerator", "ratios"):
+            table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    for key, value in results["ratios"].items():
+        table.add_row(f"ratio {key}", str(value))
+    Console().print(table)
+    Console().print(f"JSON: {out}")
+
+
 def _with_progress(label: str, total: int, work: Callable[[Callable[[str], None]], dict[str, Any]]) -> dict[str, Any]:
     """Run ``work`` with a progress bar on stderr; it calls its argument with a description once per step."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

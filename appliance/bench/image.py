@@ -1,0 +1,98 @@
+"""`appliance bench image`: what a board's image costs and how fast it boots and updates, in QEMU.
+
+Measured in one run: the build cold (an empty step cache: the Debian tree from the mirror) and cached (every
+step reused: the baseline), the image's raw size and what its block map says must be written, the firmware
+bundle's size; then, in QEMU (TCG unless KVM is asked for and works), the time from power-on to the slot
+marker on the serial console for slot a (the baseline), after an A→B update (the time to write the bundle
+is measured apart), and for a rollback (a slot that cannot boot, given up by systemd-boot's boot counting).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+from appliance.image import firmware
+from appliance.image.boards import Board
+from appliance.image.build import build
+from appliance.image.disk import derived_uuid, make_filesystem
+from appliance.image.qemu import Guest, command, kvm_works
+
+BOOT_S = 600
+
+
+def run(board: Board, cache: Path, cold: bool, step: Callable[[str], None] = lambda what: None) -> dict[str, Any]:
+    results: dict[str, Any] = {"board": board.name, "accelerator": "kvm" if kvm_works() else "tcg"}
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
+        work = Path(tmp)
+        if cold:
+            step("cold build")
+            start = time.perf_counter()
+            build(board, work / "cold", work / "cold-cache")
+            results["build_cold_s"] = round(time.perf_counter() - start, 1)
+        step("build (cached steps)")
+        start = time.perf_counter()
+        built = build(board, work / "out", cache)
+        results["build_cached_s"] = round(time.perf_counter() - start, 1)
+        blocks = ElementTree.parse(built.bmap).getroot()
+        size = int(blocks.findtext("BlockSize") or 4096)
+        results["image_bytes"] = built.image.stat().st_size
+        results["image_mapped_bytes"] = int(blocks.findtext("MappedBlocksCount") or 0) * size
+        results["bundle_bytes"] = built.bundle.stat().st_size
+
+        step("boot slot a")
+        image = _copy(built.image, work / "disk.img")
+        results["boot_a_s"] = _boot(image, "APPLIANCE-SLOT a UP")
+        step("A→B update")
+        start = time.perf_counter()
+        firmware.install(firmware.open_image(image), built.bundle)
+        results["update_write_s"] = round(time.perf_counter() - start, 1)
+        results["boot_b_s"] = _boot(image, "APPLIANCE-SLOT b UP")
+        step("rollback")
+        image = _copy(built.image, work / "disk.img")
+        firmware.install(firmware.open_image(image), unbootable_bundle(board, built.bundle, work), tries=1)
+        results["rollback_to_a_s"] = _boot(image, "APPLIANCE-SLOT a UP", reboot=True)
+    results["ratios"] = {"boot_b_vs_a": round(results["boot_b_s"] / results["boot_a_s"], 2),
+                         "rollback_vs_boot_a": round(results["rollback_to_a_s"] / results["boot_a_s"], 2),
+                         "mapped_vs_raw": round(results["image_mapped_bytes"] / results["image_bytes"], 3)}
+    if cold:
+        results["ratios"]["cached_vs_cold_build"] = round(results["build_cached_s"] / results["build_cold_s"], 3)
+    return results
+
+
+def _copy(image: Path, dest: Path) -> Path:
+    dest.unlink(missing_ok=True)
+    dest.with_suffix(".ovmf-vars.fd").unlink(missing_ok=True)
+    subprocess.run(["cp", "--sparse=always", str(image), str(dest)], check=True)
+    return dest
+
+
+def _boot(image: Path, marker: str, reboot: bool = False) -> float:
+    args = command(image, kvm=kvm_works())
+    if reboot:
+        args = [a for a in args if a != "-no-reboot"]
+    start = time.perf_counter()
+    with Guest(args) as guest:
+        guest.wait_for(marker, BOOT_S)
+    return round(time.perf_counter() - start, 1)
+
+
+def unbootable_bundle(board: Board, bundle: Path, work: Path) -> Path:
+    """A bundle with ``bundle``'s kernel and an empty root: the kernel finds no init and panics (then, with
+    ``panic=3``, reboots), as a release that cannot start would."""
+    empty = make_filesystem(board.layout[1].model_copy(update={"size_mib": 64}), work / "empty.ext4", None,
+                            derived_uuid("bench-empty-root"))
+    parts = {}
+    with firmware.tarfile.open(bundle) as tar:
+        for name in ("vmlinuz", "initrd.img"):
+            member = tar.extractfile(name)
+            assert member is not None
+            parts[name] = work / name
+            parts[name].write_bytes(member.read())
+    return firmware.make_bundle(work / "unbootable.bundle", board.name, 2, empty, parts["vmlinuz"],
+                                parts["initrd.img"], f"console={board.console},115200 panic=3 rootwait")
