@@ -54,6 +54,7 @@ def boot(image: Path = typer.Argument(..., help="A generic-x86_64 image."),
     (Ctrl-A X quits); the kiosk page is then at http://127.0.0.1:API_PORT/kiosk."""
     from appliance.image.qemu import command, kvm_works
 
-    args = command(image, forwards={api_port: 8080, sip_port: 5060}, memory_mib=memory_mib, kvm=kvm_works())
+    args = command(image, forwards={api_port: 8080, sip_port: 5060}, memory_mib=memory_mib, kvm=kvm_works(),
+                   isolated=False)  # a person's guest may reach the network (the fleet, the upstream tier)
     Console(stderr=True, highlight=False).print(" ".join(args))
     raise typer.Exit(subprocess.call(args, env=os.environ))

@@ -4,7 +4,7 @@ tests drive through its serial console.
 x86_64 boots with OVMF (UEFI; a private copy of its variable store next to the image, so boot entries and
 boot counting persist between boots of the same image) and systemd-boot. KVM is used when /dev/kvm works and
 TCG otherwise (this build host's /dev/kvm does not run guests). User-mode networking forwards the host's
-ports to the guest's API (8080) and SIP (5060).
+ports to the guest's API (8080) and SIP (5060); tests and benchmarks keep the guest off any other network.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ class QemuError(ApplianceError):
 
 
 def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: dict[int, int] | None = None,
-            kvm: bool = False) -> list[str]:
-    """The QEMU command line that boots ``image`` with its console on stdio."""
+            kvm: bool = False, isolated: bool = True) -> list[str]:
+    """The QEMU command line that boots ``image`` with its console on stdio. ``isolated`` (tests, benchmarks)
+    keeps the guest off every network but the forwarded ports (QEMU's ``restrict=on``)."""
     if arch != "amd64":
         raise QemuError(f"booting {arch} images in QEMU is not supported yet")
     if not OVMF_CODE.exists():
@@ -43,7 +44,8 @@ def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: 
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
             "-drive", f"file={image},format=raw,if=virtio,cache=unsafe",
-            "-netdev", "user,id=net0" + (f",{nets}" if nets else ""), "-device", "virtio-net-pci,netdev=net0",
+            "-netdev", "user,id=net0" + (",restrict=on" if isolated else "") + (f",{nets}" if nets else ""),
+            "-device", "virtio-net-pci,netdev=net0",
             "-nographic", "-serial", "mon:stdio", "-no-reboot"]
 
 
