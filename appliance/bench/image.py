@@ -9,6 +9,7 @@ is measured apart), and for a rollback (a slot that cannot boot, given up by sys
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 import time
@@ -87,12 +88,34 @@ def unbootable_bundle(board: Board, bundle: Path, work: Path) -> Path:
     ``panic=3``, reboots), as a release that cannot start would."""
     empty = make_filesystem(board.layout[1].model_copy(update={"size_mib": 64}), work / "empty.ext4", None,
                             derived_uuid("bench-empty-root"))
+    parts = _unpack(bundle, work, ("vmlinuz", "initrd.img"))
+    return firmware.make_bundle(work / "unbootable.bundle", board.name, 2, empty, parts["vmlinuz"],
+                                parts["initrd.img"], f"console={board.console},115200 panic=3 rootwait")
+
+
+def failing_bundle(board: Board, bundle: Path, work: Path) -> Path:
+    """``bundle`` with a configuration the appliance refuses (``/etc/appliance/appliance.toml`` is not TOML):
+    the system boots, ``appliance run`` exits with its error each time systemd starts it, and the health gate
+    fails, as a release whose appliance cannot start would."""
+    parts = _unpack(bundle, work, ("manifest.json", "root.ext4", "vmlinuz", "initrd.img"))
+    options = json.loads(parts["manifest.json"].read_text())["options"]
+    broken = work / "appliance.toml"
+    broken.write_text("[api\nport = = 8080\n")
+    script = work / "debugfs.cmd"
+    script.write_text(f"cd /etc/appliance\nwrite {broken} appliance.toml\n")
+    subprocess.run(["debugfs", "-w", "-f", str(script), str(parts["root.ext4"])], check=True, capture_output=True)
+    return firmware.make_bundle(work / "failing.bundle", board.name, 2, parts["root.ext4"], parts["vmlinuz"],
+                                parts["initrd.img"], options)
+
+
+def _unpack(bundle: Path, work: Path, names: tuple[str, ...]) -> dict[str, Path]:
     parts = {}
     with firmware.tarfile.open(bundle) as tar:
-        for name in ("vmlinuz", "initrd.img"):
+        for name in names:
             member = tar.extractfile(name)
             assert member is not None
             parts[name] = work / name
-            parts[name].write_bytes(member.read())
-    return firmware.make_bundle(work / "unbootable.bundle", board.name, 2, empty, parts["vmlinuz"],
-                                parts["initrd.img"], f"console={board.console},115200 panic=3 rootwait")
+            with parts[name].open("wb") as out:
+                while chunk := member.read(firmware.CHUNK):
+                    out.write(chunk)
+    return parts

@@ -1,57 +1,66 @@
 """`appliance image build BOARD`: a bootable A/B disk image for a board family, in cached steps.
 
 1. **tree**: a Debian tree made by mmdebstrap (the board's suite and architecture, with its security and
-   updates suites), with the kernel, systemd, systemd-boot and the image's packages;
-2. **system**: the tree made an appliance's root: fstab (root read-only from the kernel command line, the data
-   partition at /var, the ESP at /efi), hostname, a first-boot machine id, the slot marker unit;
-3. **partitions**: ESP (systemd-boot as the removable-media loader, slot a's kernel, initrd and its blessed
+   updates suites), with the kernel, systemd, systemd-boot, Python and the image's packages;
+2. **wheels**: the offline wheelhouse of this checkout's device lock (``appliance.image.wheelhouse``);
+3. **venv**: the tree with the appliance's third-party packages installed from the wheelhouse, in the tree's
+   own Python (``/opt/appliance/.venv``);
+4. **system and partitions**: this checkout's appliance wheel installed, the default models pulled into the
+   data partition's store, the units (appliance, first boot, the health gate of boot assessment), DHCP, fstab
+   (root read-only from the kernel command line, the data partition at /var, the ESP at /efi); then the
+   partition files: ESP (systemd-boot as the removable-media loader, slot a's kernel, initrd and its blessed
    entry), root-a (the tree without /var), root-b (empty), data (the tree's /var);
-4. **image**: the GPT image, its block map, and a firmware bundle of the same root for the other slot.
+5. **image**: the GPT image, its block map, a firmware bundle of the same root for the other slot, and a
+   manifest (packages, models with their sha256s, Python distributions).
 
 Each step's output is kept under ``cache/<step>-<hash>`` where the hash covers the step's inputs (the board
-file, the package list, this module's recipe version, the previous step), so a rebuild redoes only what
-changed. Steps that make filesystems run as root (mmdebstrap's root mode; ownership in the tree).
+file, the package list, the locks, this checkout's code and units, the previous step), so a rebuild after a
+code change redoes only the last step and the image. Steps run as root (mmdebstrap's root mode, chroot,
+ownership in the tree).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.errors import ApplianceError
-from appliance.image import slots
+from appliance.image import slots, system, wheelhouse
 from appliance.image.boards import Board
 from appliance.image.disk import assemble, bmap, derived_uuid, make_filesystem
 from appliance.image.firmware import make_bundle
+from appliance.image.steps import BuildError, cached, files_key, key, run
 
-RECIPE = 1  # bump when a step's recipe changes: every cached step is rebuilt
+__all__ = ["BuildError", "Built", "build", "packages"]
+
+RECIPE = 2  # bump when a step's recipe changes: every cached step is rebuilt
 BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "systemd-boot", "initramfs-tools", "e2fsprogs",
                  "dosfstools", "ca-certificates", "iproute2")
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
+PROJECT = Path(__file__).resolve().parents[2]
 SLOT_MARKER = """[Unit]
-Description=Say which root slot booted (serial console; boot tests wait for it)
-After=local-fs.target
+Description=Say which root slot booted and how boot assessment judged it (serial console; boot tests wait for it)
+After=local-fs.target appliance-healthy.service boot-complete.target systemd-bless-boot.service
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/appliance-slot-marker
 [Install]
 WantedBy=multi-user.target
 """
+# "good": blessed this boot; "clean": a slot blessed before; "indeterminate": on trial, not (yet) blessed
 SLOT_MARKER_SCRIPT = """#!/bin/sh
 slot=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^appliance.slot=//p')
-echo "APPLIANCE-SLOT ${slot:-none} UP" > /dev/console
+state=$(/usr/lib/systemd/systemd-bless-boot status 2>/dev/null || true)
+sync
+echo "APPLIANCE-SLOT ${slot:-none} UP (${state:-unknown})" > /dev/console
 """
-
-
-class BuildError(ApplianceError):
-    """An image step failed; the message names the step and the tool's last words."""
 
 
 @dataclass
@@ -65,43 +74,19 @@ class Built:
 Step = Callable[[str], None]
 
 
-def _hash(*parts: object) -> str:
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
-
-
-def _cached(cache: Path, name: str, key: str, make: Callable[[Path], None]) -> Path:
-    """The step's output directory: reused when its key matches, else made beside and renamed in."""
-    done = cache / f"{name}-{key}"
-    if (done / ".complete").exists():
-        return done
-    work = cache / f".{name}-{key}.work"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    make(work)
-    (work / ".complete").touch()
-    for stale in cache.glob(f"{name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    work.rename(done)
-    return done
-
-
-def _run(step: str, args: list[str], log: Path) -> None:
-    with log.open("a") as out:
-        proc = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, timeout=3600)
-    if proc.returncode != 0:
-        tail = log.read_text().splitlines()[-8:]
-        raise BuildError(f"step {step}: {args[0]} failed (exit {proc.returncode}): " + " | ".join(tail))
-
-
 def packages(board: Board, extra: tuple[str, ...] = ()) -> list[str]:
-    return sorted({*BASE_PACKAGES, board.kernel, *extra})
+    return sorted({*BASE_PACKAGES, *system.PACKAGES, board.kernel, *extra})
 
 
-def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), step: Step = lambda s: None) -> Built:
+def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), step: Step = lambda s: None,
+          project: Path = PROJECT) -> Built:
     if os.geteuid() != 0:
-        raise BuildError("image builds run as root (mmdebstrap's root mode and file ownership in the tree); "
-                         "fix: sudo appliance image build …")
+        raise BuildError("image builds run as root (mmdebstrap's root mode, chroot and file ownership in the "
+                         "tree); fix: sudo appliance image build …")
+    locks = [project / "requirements" / name for name in ("device.txt", "build.txt")]
+    if not (project / "pyproject.toml").is_file() or not all(lock.is_file() for lock in locks):
+        raise BuildError(f"{project} is not a checkout with pyproject.toml and requirements/: images are built "
+                         "from a checkout of the appliance (its locks and code go into the image)")
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     log = out / f"{board.name}.log"
@@ -112,21 +97,36 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     def tree(work: Path) -> None:
         sources = [f"deb {MIRROR} {board.suite} main", f"deb {MIRROR} {board.suite}-updates main",
                    f"deb {SECURITY} {board.suite}-security main"]
-        _run("tree", ["mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={board.arch}",
-                      f"--include={','.join(wanted)}", board.suite, str(work / "root"), *sources], log)
+        run("tree", ["mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={board.arch}",
+                     f"--include={','.join(wanted)}", board.suite, str(work / "root"), *sources], log)
 
     step("Debian tree (mmdebstrap)")
-    tree_dir = _cached(cache, "tree", _hash(RECIPE, board_key, wanted), tree) / "root"
+    tree_dir = cached(cache, "tree", key(RECIPE, board_key, wanted), tree) / "root"
+
+    step("wheelhouse")
+    wheels = cached(cache, "wheels", key(RECIPE, board.arch, files_key(*locks)),
+                    lambda work: _wheelhouse(project, work, board)) / "wheelhouse"
+
+    def venv(work: Path) -> None:
+        run("venv", ["cp", "-a", "--reflink=auto", str(tree_dir), str(work / "root")], log)
+        system.install_venv(work / "root", wheels, log)
+
+    step("the appliance's packages (venv)")
+    venv_dir = cached(cache, "venv", key(RECIPE, tree_dir, wheels), venv) / "root"
+    units = project / "images" / "systemd"
 
     def parts(work: Path) -> None:
-        system = work / "root"
-        _run("system", ["cp", "-a", "--reflink=auto", str(tree_dir), str(system)], log)  # device nodes too
-        _make_system(board, system)
-        _partition_files(board, system, work)
+        root = work / "root"
+        run("system", ["cp", "-a", "--reflink=auto", str(venv_dir), str(root)], log)  # device nodes too
+        system.install_appliance(root, _appliance_wheel(project, work, log), log)
+        _make_system(board, root)
+        system.configure(root, units, log)
+        _partition_files(board, root, work)
 
-    step("system and partitions")
-    part_dir = _cached(cache, "parts", _hash(RECIPE, board_key, tree_dir, SLOT_MARKER, SLOT_MARKER_SCRIPT,
-                                                _options(board)), parts)
+    step("appliance, models, system and partitions")
+    code = files_key(project / "appliance", project / "pyproject.toml", units)
+    part_dir = cached(cache, "parts", key(RECIPE, board_key, venv_dir, code, SLOT_MARKER, SLOT_MARKER_SCRIPT,
+                                          _options(board)), parts)
 
     step("image, block map, bundle")
     image = out / f"{board.name}.img"
@@ -135,17 +135,48 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     block_map = bmap(image)
     kernel, initrd = _boot_files(part_dir / "root")
     slot_root = out / f"{board.name}.root.ext4"  # the root filesystem shrunk to its content, for the bundle
-    _run("bundle", ["cp", "--sparse=always", str(files["root-a"]), str(slot_root)], log)
-    _run("bundle", ["e2fsck", "-fy", str(slot_root)], log)
-    _run("bundle", ["resize2fs", "-M", str(slot_root)], log)
+    run("bundle", ["cp", "--sparse=always", str(files["root-a"]), str(slot_root)], log)
+    run("bundle", ["e2fsck", "-fy", str(slot_root)], log)
+    run("bundle", ["resize2fs", "-M", str(slot_root)], log)
     bundle = make_bundle(out / f"{board.name}.bundle", board.name, 2, slot_root, kernel, initrd, _options(board))
     slot_root.unlink()
     manifest = out / f"{board.name}.manifest.json"
-    dpkg = subprocess.run(["dpkg-query", f"--admindir={part_dir / 'root' / 'var/lib/dpkg'}", "-W",
-                           "-f=${Package}=${Version}\\n"], capture_output=True, text=True).stdout.split()
-    manifest.write_text(json.dumps({"board": board.name, "recipe": RECIPE, "packages": sorted(dpkg),
-                                    "image": image.name, "bundle": bundle.name}, indent=1))
+    manifest.write_text(json.dumps(_manifest(board, part_dir / "root", image, bundle), indent=1))
     return Built(image, block_map, bundle, manifest)
+
+
+def _wheelhouse(project: Path, work: Path, board: Board) -> None:
+    if {"amd64": "x86_64", "arm64": "aarch64", "riscv64": "riscv64"}[board.arch] != os.uname().machine:
+        raise BuildError(f"the wheelhouse is built for the machine it runs on ({os.uname().machine}); a "
+                         f"{board.arch} image needs a {board.arch} build host (or one under binfmt emulation)")
+    try:
+        wheelhouse.build(project, work / "wheelhouse")
+    except wheelhouse.WheelhouseError as exc:
+        raise BuildError(f"step wheels: {exc}") from None
+
+
+def _appliance_wheel(project: Path, work: Path, log: Path) -> Path:
+    """This checkout's appliance as a wheel (pure Python; seconds)."""
+    with tempfile.TemporaryDirectory(prefix="appliance-wheel-") as tmp:  # the checkout's build/ left alone
+        run("appliance", [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                          str(work / "wheel"), str(project)], log, env={**os.environ, "TMPDIR": tmp})
+    found = sorted((work / "wheel").glob("appliance-*.whl"))
+    if not found:
+        raise BuildError("step appliance: pip made no appliance wheel")
+    return found[-1]
+
+
+def _manifest(board: Board, root: Path, image: Path, bundle: Path) -> dict[str, object]:
+    dpkg = subprocess.run(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W",
+                           "-f=${Package}=${Version}\\n"], capture_output=True, text=True).stdout.split()
+    models = {}
+    for link in sorted((root / system.STATE.lstrip("/") / "models" / "active").iterdir()):
+        tree = json.loads((link.resolve() / "manifest.json").read_text())
+        models[link.name] = {f["name"]: f["sha256"] for f in tree["files"]}
+    site = next((root / system.VENV.lstrip("/") / "lib").glob("python3*/site-packages"))
+    python = sorted(p.name.removesuffix(".dist-info") for p in site.glob("*.dist-info"))
+    return {"board": board.name, "recipe": RECIPE, "image": image.name, "bundle": bundle.name,
+            "packages": sorted(dpkg), "python": python, "models": models}
 
 
 def _options(board: Board) -> str:

@@ -28,9 +28,10 @@ class QemuError(ApplianceError):
 
 
 def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: dict[int, int] | None = None,
-            kvm: bool = False, isolated: bool = True) -> list[str]:
-    """The QEMU command line that boots ``image`` with its console on stdio. ``isolated`` (tests, benchmarks)
-    keeps the guest off every network but the forwarded ports (QEMU's ``restrict=on``)."""
+            kvm: bool = False, isolated: bool = True, udp_forwards: dict[int, int] | None = None) -> list[str]:
+    """The QEMU command line that boots ``image`` with its console on stdio; ``forwards`` (TCP) and
+    ``udp_forwards`` map a host port on 127.0.0.1 to a guest port. ``isolated`` (tests, benchmarks) keeps the
+    guest off every network but the forwarded ports (QEMU's ``restrict=on``)."""
     if arch != "amd64":
         raise QemuError(f"booting {arch} images in QEMU is not supported yet")
     if not OVMF_CODE.exists():
@@ -38,9 +39,10 @@ def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: 
     variables = image.with_suffix(".ovmf-vars.fd")
     if not variables.exists():
         shutil.copyfile(OVMF_VARS, variables)
-    nets = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in (forwards or {}).items())
+    nets = ",".join([f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in (forwards or {}).items()]
+                    + [f"hostfwd=udp:127.0.0.1:{host}-:{guest}" for host, guest in (udp_forwards or {}).items()])
     return ["qemu-system-x86_64", "-machine", "q35", "-m", str(memory_mib), "-smp", "2",
-            *(["-enable-kvm", "-cpu", "host"] if kvm else ["-accel", "tcg"]),
+            *(["-enable-kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]),  # max: AVX2 for numpy
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
             "-drive", f"file={image},format=raw,if=virtio,cache=unsafe",
