@@ -12,10 +12,10 @@ UV_COMPILE := .venv-lock/bin/uv pip compile -q --generate-hashes --python-versio
 SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio19-dev chromium sip-tester \
 	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es \
 	kamailio baresip-core debootstrap systemd-container libsystemd-dev pkg-config fdisk dosfstools mtools bmap-tools \
-	e2fsprogs mmdebstrap qemu-system-x86 ovmf
+	e2fsprogs mmdebstrap qemu-system-x86 ovmf openssh-client
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system venv converter models check clean lock wheelhouse debian-versions
+.PHONY: run test setup system venv converter models check clean lock wheelhouse debian-versions hil
 
 run: setup
 	-$(BIN)/appliance doctor
@@ -26,8 +26,8 @@ test: setup check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: venv
-	$(BIN)/ruff check appliance tests
-	$(BIN)/mypy appliance
+	$(BIN)/ruff check appliance tests hil
+	$(BIN)/mypy appliance hil
 
 setup: system venv models
 
@@ -86,6 +86,11 @@ debian-versions:
 # with no registry at all, installs with `pip install --no-index --require-hashes`.
 wheelhouse: venv
 	$(BIN)/python -m appliance.image.wheelhouse --out dist/wheelhouse
+
+# The hardware-in-the-loop scenarios (hil/): on the generic-x86_64 image in QEMU by default, or on a board with
+# HIL_TARGET=ssh://root@HOST (see hil/README.md). Slow: boots, an update written by the device, reboots.
+hil: setup
+	$(BIN)/pytest hil $(PYTEST_ARGS)
 
 models: venv converter
 	APPLIANCE_MODELS__CONVERTER_PYTHON=$(CURDIR)/.venv-convert/bin/python $(BIN)/appliance models pull

@@ -3,11 +3,13 @@
 - slot a comes up: first boot provisions the device (the enrolment token left on the boot partition is
   adopted and removed from it; the first API key is printed once on the console), the supervisor reaches
   READY, the health gate passes, and from the host `/health` answers through QEMU's port forward, the printed
-  key opens `/metrics`, and a SIP OPTIONS through the UDP forward gets 200;
+  key opens `/metrics`, and a SIP OPTIONS through the forward (TCP) gets 200;
 - an update to slot b is tried by systemd-boot (its boot counter), comes up healthy and is blessed (good);
 - a bundle whose appliance cannot start (a configuration it refuses) fails the health gate, is marked bad and
   the machine reboots into slot a by itself;
-- a bundle whose root cannot boot at all (a kernel panic) is given up by the boot counting alone.
+- a bundle whose root cannot boot at all (a kernel panic) is given up by the boot counting alone;
+- the power is cut (QEMU killed) while the device itself writes an update into slot b (over SSH, the bundle on a
+  second disk): it boots slot a again, healthy.
 
 The image build is cached in build/image-cache between runs (cold: a Debian tree from the mirror, the
 wheelhouse, the venv; a code change redoes only the last step); boots are bounded in time."""
@@ -17,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -31,9 +31,11 @@ from appliance.image import firmware, slots
 from appliance.image.boards import load_board
 from appliance.image.build import Built, build
 from appliance.image.qemu import Guest, command
+from hil.targets import QemuTarget, cut_while_writing, free_port, sip_options
 from tests.support.cli import appliance
 from tests.support.supervision import ROOT
 
+BOARD = load_board("generic-x86_64")
 BOOT_S = 900  # TCG on two cores: firmware, kernel, initramfs, systemd, then the appliance to READY and healthy
 
 needs = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mmdebstrap") or not shutil.which(
@@ -42,7 +44,12 @@ needs = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mmdebstrap") o
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return build(load_board("generic-x86_64"), tmp_path_factory.mktemp("images"), ROOT / "build" / "image-cache")
+    return build(BOARD, tmp_path_factory.mktemp("images"), ROOT / "build" / "image-cache")
+
+
+def rebooting(image: Path) -> Guest:
+    """A guest that may reboot itself (QEMU stays up)."""
+    return Guest([a for a in command(image) if a != "-no-reboot"])
 
 
 def fresh(built: Built, tmp: Path) -> Path:
@@ -51,39 +58,13 @@ def fresh(built: Built, tmp: Path) -> Path:
     return image
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def sip_options(port: int) -> str:
-    """The status line of the answer to an OPTIONS sent to 127.0.0.1:port over UDP."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(5)
-        local = sock.getsockname()[1]
-        for _ in range(6):
-            branch = secrets.token_hex(6)
-            sock.sendto((f"OPTIONS sip:appliance@127.0.0.1:{port} SIP/2.0\r\n"
-                         f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK{branch};rport\r\n"
-                         f"From: <sip:probe@127.0.0.1>;tag={branch}\r\nTo: <sip:appliance@127.0.0.1>\r\n"
-                         f"Call-ID: {branch}@probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-                         "Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", port))
-            try:
-                return sock.recv(65535).decode(errors="replace").split("\r\n")[0]
-            except TimeoutError:
-                continue
-    return "no answer"
-
-
 @needs
 def test_slot_a_boots_to_a_ready_healthy_appliance_reachable_from_the_host(built: Built, tmp_path: Path) -> None:
     image = fresh(built, tmp_path)
     esp = firmware.open_image(image).esp
     esp.write("appliance/enrolment.token", b"enrol-4d1c\n")
-    api, sip = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-    with Guest(command(image, forwards={api: 8080}, udp_forwards={sip: 5060})) as guest:
+    api, sip = free_port(), free_port()
+    with Guest(command(image, forwards={api: 8080, sip: 5060})) as guest:
         guest.wait_for("APPLIANCE-SLOT a UP", BOOT_S)
         console = "\n".join(guest.lines)
         assert "APPLIANCE-HEALTH ok" in console and "enrolment token: adopted" in console, console[-3000:]
@@ -115,28 +96,40 @@ def test_an_update_to_slot_b_is_tried_comes_up_healthy_and_is_blessed(built: Bui
 @needs
 def test_a_bundle_whose_appliance_cannot_start_is_rolled_back_to_a(built: Built, tmp_path: Path) -> None:
     image = fresh(built, tmp_path)
-    bad = failing_bundle(load_board("generic-x86_64"), built.bundle, tmp_path)
-    firmware.install(firmware.open_image(image), bad, tries=3)
-    args = [a for a in command(image) if a != "-no-reboot"]  # the gate reboots the machine
-    with Guest(args) as guest:
+    firmware.install(firmware.open_image(image), failing_bundle(BOARD, built.bundle, tmp_path), tries=3)
+    with rebooting(image) as guest:  # the gate reboots the machine
         failed = guest.wait_for("APPLIANCE-HEALTH failed", BOOT_S)
         assert "marked bad" in guest.lines[failed], guest.lines[failed]
         guest.wait_for("APPLIANCE-SLOT a UP", BOOT_S, start=failed)
     entry = slots.entries(firmware.open_image(image).esp)["b"]
-    assert entry.state == "bad", entry  # at the first failed boot, not after three
-    assert entry.done == 1, entry
+    assert (entry.state, entry.done) == ("bad", 1), entry  # at the first failed boot, not after three
 
 
 @needs
 def test_a_slot_that_cannot_boot_is_given_up_and_slot_a_boots_by_itself(built: Built, tmp_path: Path) -> None:
     image = fresh(built, tmp_path)
-    broken = unbootable_bundle(load_board("generic-x86_64"), built.bundle, tmp_path)
-    firmware.install(firmware.open_image(image), broken, tries=1)
-    args = [a for a in command(image) if a != "-no-reboot"]  # the panic reboots the machine
-    with Guest(args) as guest:
+    firmware.install(firmware.open_image(image), unbootable_bundle(BOARD, built.bundle, tmp_path), tries=1)
+    with rebooting(image) as guest:  # the panic reboots the machine
         guest.wait_for("APPLIANCE-SLOT a UP", BOOT_S * 1.5)
     entry = slots.entries(firmware.open_image(image).esp)["b"]
     assert entry.state == "bad", entry
+
+
+@needs
+def test_a_power_cut_while_the_device_writes_an_update_leaves_slot_a_booting(built: Built, tmp_path: Path) -> None:
+    image = fresh(built, tmp_path)
+    device = QemuTarget(image, tmp_path, built.bundle, boot_s=BOOT_S)
+    try:
+        device.power_on()  # first boot: SSH with the harness's key from the boot partition
+        cut_while_writing(device, "root-b", "appliance firmware install /dev/vdb")  # the bundle as a second disk
+        assert firmware.open_image(image).status()["slots"].keys() == {"a"}  # b's entry went before its root
+        device.power_on()
+        done = device.ssh("appliance firmware status --json", timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["booted"] == "a"
+        assert "APPLIANCE-HEALTH ok" in "\n".join(device.boots[-1])
+    finally:
+        device.close()
 
 
 @needs

@@ -89,6 +89,9 @@ def configure(root: Path, units: Path, log: Path) -> None:
     drop_in.write_text(SSH_UNIT)
     for key in (root / "etc" / "ssh").glob("ssh_host_*"):
         key.unlink()  # made per device at first boot, never shared by every device flashed from one image
+    command = root / "usr" / "local" / "bin" / "appliance"  # on root's PATH, for a technician over SSH
+    command.unlink(missing_ok=True)
+    command.symlink_to(f"{VENV}/bin/appliance")
     run("system", ["systemd-sysusers", f"--root={root}"], log)
     run("system", ["systemctl", f"--root={root}", "enable", *ENABLED], log)
     uid, gid = owner(root, "appliance")
