@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -43,8 +44,17 @@ needs = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mmdebstrap") o
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return build(BOARD, tmp_path_factory.mktemp("images"), ROOT / "build" / "image-cache")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    out = tmp_path_factory.mktemp("images")
+    yield build(BOARD, out, ROOT / "build" / "image-cache")
+    shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _give_the_disk_back(tmp_path: Path) -> Iterator[None]:
+    """Each test's disk copy and bundles are gigabytes: gone when it ends, not when the session does."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def rebooting(image: Path) -> Guest:

@@ -106,8 +106,10 @@ def failing_bundle(board: Board, bundle: Path, work: Path) -> Path:
     script = work / "debugfs.cmd"
     script.write_text(f"cd /etc/appliance\nwrite {broken} appliance.toml\n")
     subprocess.run(["debugfs", "-w", "-f", str(script), str(parts["root.ext4"])], check=True, capture_output=True)
-    return firmware.make_bundle(work / "failing.bundle", board.name, 2, parts["root.ext4"], parts["vmlinuz"],
-                                parts["initrd.img"], options)
+    bundle = firmware.make_bundle(work / "failing.bundle", board.name, 2, parts["root.ext4"], parts["vmlinuz"],
+                                  parts["initrd.img"], options)
+    parts["root.ext4"].unlink()  # gigabytes, now in the bundle
+    return bundle
 
 
 def _unpack(bundle: Path, work: Path, names: tuple[str, ...]) -> dict[str, Path]:
