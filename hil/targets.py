@@ -72,14 +72,15 @@ def sip_options(port: int, host: str = "127.0.0.1") -> str:
             return "no answer"
 
 
-def wait_ready(target: Target, timeout_s: float) -> dict[str, object]:
-    """Wait until the device's /health says the supervisor is ready; its body."""
+def wait_ready(target: Target, timeout_s: float, models: bool = False) -> dict[str, object]:
+    """Wait until the device's /health says the supervisor is ready (READY=1: every service listens) and, with
+    ``models``, that the models are warm too; its body."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
             body = httpx.get(f"{target.api}/health", timeout=20).json()
-            if (body.get("supervisor") or {}).get("ready"):
+            if (body.get("supervisor") or {}).get("ready") and (body.get("ready") or not models):
                 return dict(body)
             last = str(body)
         except (httpx.HTTPError, ValueError) as exc:

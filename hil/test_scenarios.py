@@ -55,6 +55,7 @@ def test_boots_to_ready(target: Target) -> None:
 def test_a_wav_through_the_api_comes_back_as_its_transcript(target: Target) -> None:
     if not target.api_key:
         pytest.skip("no API key (HIL_API_KEY)")
+    wait_ready(target, ready_s, models=True)  # before that: 503 with Retry-After
     wav = SOUNDS / "all-circuits-busy-now.wav"
     reply = httpx.post(f"{target.api}/v1/audio/transcriptions", timeout=600,
                        headers={"Authorization": f"Bearer {target.api_key}"},
