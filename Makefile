@@ -15,7 +15,9 @@ SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio1
 	e2fsprogs mmdebstrap qemu-system-x86 ovmf openssh-client
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system venv converter models check clean lock wheelhouse debian-versions hil
+EMULATION_PACKAGES := qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
+
+.PHONY: run test setup system venv converter models check clean lock wheelhouse debian-versions hil test-images
 
 run: setup
 	-$(BIN)/appliance doctor
@@ -91,6 +93,16 @@ wheelhouse: venv
 # HIL_TARGET=ssh://root@HOST (see hil/README.md). Slow: boots, an update written by the device, reboots.
 hil: setup
 	$(BIN)/pytest hil $(PYTEST_ARGS)
+
+# Images of other architectures (generic-arm64): the tree under binfmt emulation (qemu-user-static), booted in
+# qemu-system-aarch64. Slow (a cold emulated build, an emulated boot): not part of `make test`.
+test-images: setup
+	@if [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(EMULATION_PACKAGES) >/dev/null && \
+		{ mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; } && \
+		update-binfmts --enable; \
+	else echo "as root: apt-get install $(EMULATION_PACKAGES), mount binfmt_misc, update-binfmts --enable"; fi
+	APPLIANCE_TEST_IMAGES=1 $(BIN)/pytest tests/test_image_arm64.py $(PYTEST_ARGS)
 
 models: venv converter
 	APPLIANCE_MODELS__CONVERTER_PYTHON=$(CURDIR)/.venv-convert/bin/python $(BIN)/appliance models pull

@@ -16,6 +16,7 @@ import yaml
 from appliance.image import slots
 from appliance.image.boards import ESP, ROOT, VAR, BoardError, load_board
 from appliance.image.disk import bmap, derived_uuid, make_filesystem, partitions, read_at
+from appliance.image.qemu import image_arch
 from tests.support.images import SMALL, build, tiny_boards
 
 
@@ -31,6 +32,7 @@ def test_an_image_is_assembled_from_partition_files_and_reads_back(tmp_path: Pat
     table = partitions(image)
     assert [p.name for p in table] == ["esp", "root-a", "root-b", "data"]
     assert [p.type for p in table] == [ESP, ROOT["amd64"], ROOT["amd64"], VAR]
+    assert image_arch(image) == "amd64"  # what `appliance image boot` boots it with
     assert [(p.start, p.size, p.uuid) for p in table] == [(p.start, p.size, p.uuid) for p in placed]
     assert table[0].start == 1 << 20 and all(p.start % (1 << 20) == 0 for p in table)
 

@@ -46,16 +46,17 @@ def flash(image: Path = typer.Argument(..., help="An image built by `appliance i
 
 
 @app.command()
-def boot(image: Path = typer.Argument(..., help="A generic-x86_64 image."),
+def boot(image: Path = typer.Argument(..., help="An image of a UEFI board (generic-x86_64, generic-arm64)."),
          api_port: int = typer.Option(8080, help="Host port forwarded to the guest's API (the kiosk page)."),
          sip_port: int = typer.Option(5060, help="Host port forwarded to the guest's SIP (UDP and TCP)."),
          memory_mib: int = typer.Option(2048, help="Guest memory.")) -> None:
     """Boot IMAGE in QEMU (KVM when APPLIANCE_QEMU_KVM=1 and it works, TCG otherwise), console on this terminal
     (Ctrl-A X quits); the kiosk page is then at http://127.0.0.1:API_PORT/kiosk."""
-    from appliance.image.qemu import command, kvm_works
+    from appliance.image.qemu import command, image_arch, kvm_works
 
-    args = command(image, forwards={api_port: 8080, sip_port: 5060}, udp_forwards={sip_port: 5060},
-                   memory_mib=memory_mib, kvm=kvm_works(),
+    arch = image_arch(image)
+    args = command(image, arch, forwards={api_port: 8080, sip_port: 5060}, udp_forwards={sip_port: 5060},
+                   memory_mib=memory_mib, kvm=kvm_works(arch),
                    isolated=False)  # a person's guest may reach the network (the fleet, the upstream tier)
     Console(stderr=True, highlight=False).print(" ".join(args))
     raise typer.Exit(subprocess.call(args, env=os.environ))

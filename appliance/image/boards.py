@@ -18,6 +18,8 @@ ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT = {"amd64": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
         "riscv64": "72EC70A6-CF74-40E6-BD49-4BDA08E8F224"}
 VAR = "4D21B016-B534-45C2-A9FB-5C16E091FD2D"  # the data partition is mounted at /var
+MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "riscv64": "riscv64"}  # Debian architecture -> uname -m
+EFI_ARCH = {"amd64": "x64", "arm64": "aa64", "riscv64": "riscv64"}  # systemd-boot<arch>.efi, BOOT<ARCH>.EFI
 
 
 class BoardError(ApplianceError):
@@ -42,6 +44,14 @@ class Board(BaseModel):
     console: str = Field(description="Serial console device for the kernel command line.")
     profile: str = Field(description="The hw/ profile this board matches.")
     layout: list[PartitionSpec]
+    initrd_modules: list[str] = Field(default=[], description=(
+        "Only these kernel modules (and their dependencies) go into the initrd (MODULES=list): a small initrd, "
+        "made quickly under emulation. Empty: initramfs-tools' default (most modules)."))
+    models: list[str] | None = Field(default=None, description=(
+        "The models the image ships (model ids of the catalog); default: the hw profile's default set."))
+    python_without: dict[str, str] = Field(default={}, description=(
+        "Distributions of the device lock this board's image goes without, each with the reason (e.g. no wheel "
+        "for the architecture and an sdist that cannot be built here); recorded in the manifest."))
 
     @model_validator(mode="after")
     def _ab_layout(self) -> Board:

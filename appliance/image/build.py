@@ -31,13 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.image import slots, system, wheelhouse
-from appliance.image.boards import Board
+from appliance.image import foreign, slots, system, wheelhouse
+from appliance.image.boards import EFI_ARCH, MACHINE, Board
 from appliance.image.disk import assemble, bmap, derived_uuid, make_filesystem
 from appliance.image.firmware import make_bundle
 from appliance.image.steps import BuildError, cached, files_key, key, run
 
-__all__ = ["BuildError", "Built", "build", "packages"]
+__all__ = ["BuildError", "Built", "build", "check_emulation", "packages"]
 
 RECIPE = 2  # bump when a step's recipe changes: every cached step is rebuilt
 BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "systemd-boot", "initramfs-tools", "e2fsprogs",
@@ -98,14 +98,18 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
         sources = [f"deb {MIRROR} {board.suite} main", f"deb {MIRROR} {board.suite}-updates main",
                    f"deb {SECURITY} {board.suite}-security main"]
         run("tree", ["mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={board.arch}",
-                     f"--include={','.join(wanted)}", board.suite, str(work / "root"), *sources], log)
+                     f"--include={','.join(wanted)}", *_initrd_hooks(board), board.suite, str(work / "root"),
+                     *sources], log)
 
+    check_emulation(board)
     step("Debian tree (mmdebstrap)")
     tree_dir = cached(cache, "tree", key(RECIPE, board_key, wanted), tree) / "root"
 
     step("wheelhouse")
-    wheels = cached(cache, "wheels", key(RECIPE, board.arch, files_key(*locks)),
-                    lambda work: _wheelhouse(project, work, board)) / "wheelhouse"
+    native = MACHINE[board.arch] == os.uname().machine  # a foreign tree compiles the sdists: part of the key
+    wheels = cached(cache, "wheels", key(RECIPE, board.arch, files_key(*locks), board.python_without,
+                                         "" if native else tree_dir),
+                    lambda work: _wheelhouse(project, work, board, tree_dir, log)) / "wheelhouse"
 
     def venv(work: Path) -> None:
         run("venv", ["cp", "-a", "--reflink=auto", str(tree_dir), str(work / "root")], log)
@@ -118,7 +122,7 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     def parts(work: Path) -> None:
         root = work / "root"
         run("system", ["cp", "-a", "--reflink=auto", str(venv_dir), str(root)], log)  # device nodes too
-        system.install_appliance(root, _appliance_wheel(project, work, log), log)
+        system.install_appliance(root, _appliance_wheel(project, work, log), log, board.models)
         _make_system(board, root)
         system.configure(root, units, log)
         _partition_files(board, root, work)
@@ -145,12 +149,35 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     return Built(image, block_map, bundle, manifest)
 
 
-def _wheelhouse(project: Path, work: Path, board: Board) -> None:
-    if {"amd64": "x86_64", "arm64": "aarch64", "riscv64": "riscv64"}[board.arch] != os.uname().machine:
-        raise BuildError(f"the wheelhouse is built for the machine it runs on ({os.uname().machine}); a "
-                         f"{board.arch} image needs a {board.arch} build host (or one under binfmt emulation)")
+def _initrd_hooks(board: Board) -> list[str]:
+    """mmdebstrap hooks that make the initrd of only the board's modules (before the kernel is installed, so
+    every run of update-initramfs in the tree, emulated or not, is a short one)."""
+    if not board.initrd_modules:
+        return []
+    modules = "\\n".join(board.initrd_modules)
+    return [f'--setup-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d"'
+            f' && echo MODULES=list > "$1/etc/initramfs-tools/conf.d/appliance.conf"'
+            f' && printf "{modules}\\n" > "$1/usr/share/initramfs-tools/modules.d/appliance"']
+
+
+def check_emulation(board: Board, binfmt: Path = Path("/proc/sys/fs/binfmt_misc")) -> None:
+    """A board of another architecture needs an enabled binfmt_misc handler of qemu-user-static."""
+    machine = MACHINE[board.arch]
+    if machine == os.uname().machine:
+        return
+    handler = binfmt / f"qemu-{machine}"
+    if not handler.exists() or not handler.read_text().startswith("enabled"):
+        raise BuildError(f"a {board.arch} image on this {os.uname().machine} host runs the {board.arch} tree "
+                         f"under emulation, and binfmt_misc has no enabled qemu-{machine} handler; fix: apt-get "
+                         "install qemu-user-static binfmt-support && mount -t binfmt_misc binfmt_misc "
+                         "/proc/sys/fs/binfmt_misc; update-binfmts --enable (make test-images does this)")
+
+
+def _wheelhouse(project: Path, work: Path, board: Board, tree: Path, log: Path) -> None:
+    native = MACHINE[board.arch] == os.uname().machine
+    target = None if native else foreign.target(board, tree, work, log)
     try:
-        wheelhouse.build(project, work / "wheelhouse")
+        wheelhouse.build(project, work / "wheelhouse", target=target, without=board.python_without)
     except wheelhouse.WheelhouseError as exc:
         raise BuildError(f"step wheels: {exc}") from None
 
@@ -176,7 +203,7 @@ def _manifest(board: Board, root: Path, image: Path, bundle: Path) -> dict[str, 
     site = next((root / system.VENV.lstrip("/") / "lib").glob("python3*/site-packages"))
     python = sorted(p.name.removesuffix(".dist-info") for p in site.glob("*.dist-info"))
     return {"board": board.name, "recipe": RECIPE, "image": image.name, "bundle": bundle.name,
-            "packages": sorted(dpkg), "python": python, "models": models}
+            "packages": sorted(dpkg), "python": python, "python_without": board.python_without, "models": models}
 
 
 def _options(board: Board) -> str:
@@ -218,9 +245,10 @@ def _boot_files(root: Path) -> tuple[Path, Path]:
 def _partition_files(board: Board, root: Path, work: Path) -> None:
     kernel, initrd = _boot_files(root)
     esp = work / "esp-tree"
-    loader = root / "usr" / "lib" / "systemd" / "boot" / "efi" / "systemd-bootx64.efi"
+    efi = EFI_ARCH[board.arch]
+    loader = root / "usr" / "lib" / "systemd" / "boot" / "efi" / f"systemd-boot{efi}.efi"
     (esp / "EFI" / "BOOT").mkdir(parents=True)
-    shutil.copyfile(loader, esp / "EFI" / "BOOT" / "BOOTX64.EFI")
+    shutil.copyfile(loader, esp / "EFI" / "BOOT" / f"BOOT{efi.upper()}.EFI")
     slots.write_entry(slots.DirEsp(esp), "a", 1, kernel.read_bytes(), initrd.read_bytes(), _options(board), tries=0)
     var = work / "var-tree"
     shutil.move(root / "var", var)

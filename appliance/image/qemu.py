@@ -1,14 +1,15 @@
 """Booting an image in QEMU: the command (`appliance image boot` prints and runs it) and a guest the boot
 tests drive through its serial console.
 
-x86_64 boots with OVMF (UEFI; a private copy of its variable store next to the image, so boot entries and
-boot counting persist between boots of the same image) and systemd-boot. KVM is used when /dev/kvm works and
+x86_64 boots with OVMF on q35, arm64 with AAVMF on virt (UEFI; a private copy of the variable store next to
+the image, so boot entries and boot counting persist between boots of the same image) and systemd-boot. KVM is used when /dev/kvm works and
 TCG otherwise (this build host's /dev/kvm does not run guests). User-mode networking forwards the host's
 ports to the guest's API (8080) and SIP (5060); tests and benchmarks keep the guest off any other network.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,9 +19,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.errors import ApplianceError
+from appliance.image.boards import MACHINE, ROOT
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """How QEMU boots one architecture's UEFI images: its system emulator, machine, firmware and Debian's
+    packages of them."""
+
+    qemu: str
+    machine: str
+    code: Path
+    variables: Path
+    packages: str
+
+
+MACHINES = {
+    "amd64": Machine("qemu-system-x86_64", "q35", OVMF_CODE, OVMF_VARS, "qemu-system-x86 ovmf"),
+    "arm64": Machine("qemu-system-aarch64", "virt", Path("/usr/share/AAVMF/AAVMF_CODE.fd"),
+                     Path("/usr/share/AAVMF/AAVMF_VARS.fd"), "qemu-system-arm qemu-efi-aarch64"),
+}
 
 
 class QemuError(ApplianceError):
@@ -32,18 +53,19 @@ def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: 
     """The QEMU command line that boots ``image`` with its console on stdio; ``forwards`` (TCP) and
     ``udp_forwards`` map a host port on 127.0.0.1 to a guest port. ``isolated`` (tests, benchmarks) keeps the
     guest off every network but the forwarded ports (QEMU's ``restrict=on``)."""
-    if arch != "amd64":
-        raise QemuError(f"booting {arch} images in QEMU is not supported yet")
-    if not OVMF_CODE.exists():
-        raise QemuError(f"{OVMF_CODE} is missing; fix: apt-get install ovmf qemu-system-x86")
+    if arch not in MACHINES:
+        raise QemuError(f"booting {arch} images in QEMU is not supported yet (only {', '.join(MACHINES)})")
+    emulated = MACHINES[arch]
+    if not emulated.code.exists() or shutil.which(emulated.qemu) is None:
+        raise QemuError(f"{emulated.qemu} or {emulated.code} is missing; fix: apt-get install {emulated.packages}")
     variables = image.with_suffix(".ovmf-vars.fd")
     if not variables.exists():
-        shutil.copyfile(OVMF_VARS, variables)
+        shutil.copyfile(emulated.variables, variables)
     nets = ",".join([f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in (forwards or {}).items()]
                     + [f"hostfwd=udp:127.0.0.1:{host}-:{guest}" for host, guest in (udp_forwards or {}).items()])
-    return ["qemu-system-x86_64", "-machine", "q35", "-m", str(memory_mib), "-smp", "2",
+    return [emulated.qemu, "-machine", emulated.machine, "-m", str(memory_mib), "-smp", "2",
             *(["-enable-kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]),  # max: AVX2 for numpy
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={emulated.code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
             "-drive", f"file={image},format=raw,if=virtio,cache=unsafe",
             "-netdev", "user,id=net0" + (",restrict=on" if isolated else "") + (f",{nets}" if nets else ""),
@@ -51,8 +73,20 @@ def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: 
             "-nographic", "-serial", "mon:stdio", "-no-reboot"]
 
 
-def kvm_works() -> bool:
-    return os.access("/dev/kvm", os.R_OK | os.W_OK) and os.environ.get("APPLIANCE_QEMU_KVM") == "1"
+def image_arch(image: Path) -> str:
+    """The Debian architecture of an image, from the GPT type of its root partitions."""
+    done = subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise QemuError(f"{image} has no partition table sfdisk can read: {done.stderr.strip() or 'no output'}")
+    types = {part["type"].upper() for part in json.loads(done.stdout)["partitiontable"].get("partitions", [])}
+    found = [arch for arch, guid in ROOT.items() if guid in types]
+    if not found:
+        raise QemuError(f"{image} has no root partition of a known architecture (is it an appliance image?)")
+    return found[0]
+
+
+def kvm_works(arch: str = "amd64") -> bool:
+    return MACHINE[arch] == os.uname().machine and os.access("/dev/kvm", os.R_OK | os.W_OK) and os.environ.get("APPLIANCE_QEMU_KVM") == "1"
 
 
 @dataclass

