@@ -107,6 +107,25 @@ def test_the_first_api_key_is_printed_on_a_terminal_only(tmp_path: Path, monkeyp
     assert len(keys.list()) == 1 and capsys.readouterr().out == ""
 
 
+def test_a_sign_in_link_is_printed_once_and_kept_only_hashed(tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from appliance.api.keys import KeyStore
+
+    keys_file = tmp_path / "keys.json"
+    env = {"APPLIANCE_API__KEYS_FILE": str(keys_file), "APPLIANCE_API__PORT": "8181"}
+    done = appliance("keys", "link", "kiosk screen", "--ttl", "90", "--next", "/kiosk?mode=echo", env=env)
+    assert done.returncode == 0, done.stderr
+    url = urlsplit(done.stdout.strip())
+    query = parse_qs(url.query)
+    assert (url.netloc, url.path, query["next"]) == ("127.0.0.1:8181", "/kiosk/login", ["/kiosk?mode=echo"])
+    code = query["code"][0]
+    assert code.startswith("sl_") and code not in keys_file.read_text()  # stored as its hash
+    key, token = KeyStore(keys_file).redeem(code) or (None, "")
+    assert key is not None and key.name == "kiosk screen" and KeyStore(keys_file).check(token) == (key, "")
+    assert KeyStore(keys_file).redeem(code) is None  # once
+
+
 def test_run_only_names_the_services_it_knows() -> None:
     proc = appliance("run", "--only", "api,fleet")
     assert proc.returncode == 2 and proc.stdout == ""

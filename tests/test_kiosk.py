@@ -4,6 +4,7 @@ speech as its microphone. The page must sign in, call the device over WebRTC and
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +30,13 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None and not Path(CHRO
 
 
 @pytest.fixture(scope="module")
-def kiosk_api(stack: VoiceStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    keys = KeyStore(tmp_path_factory.mktemp("kioskkeys") / "keys.json")
+def kiosk_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyStore:
+    return KeyStore(tmp_path_factory.mktemp("kioskkeys") / "keys.json")
+
+
+@pytest.fixture(scope="module")
+def kiosk_api(stack: VoiceStack, kiosk_keys: KeyStore) -> Iterator[tuple[str, str]]:
+    keys = kiosk_keys
     _, token = keys.create("kiosk")
     services = ApiServices(ApiSettings(rate_per_minute=1000), keys, VoiceModels.of(stack), list)
     with Server(services) as server:
@@ -172,3 +178,28 @@ def test_kiosk_needs_a_key(kiosk_api: tuple[str, str]) -> None:
         assert browser.get("/kiosk/static/kiosk.js").status_code == 200
         assert ["es", "en"] in browser.get("/kiosk/config").json()["pairs"]
         assert browser.get("/kiosk/static/..%2Fpeer.py").status_code == 404
+
+
+def test_a_one_time_sign_in_link_opens_the_kiosk_in_the_browser_once(kiosk_api: tuple[str, str],
+                                                                       kiosk_keys: KeyStore, tmp_path: Path) -> None:
+    """What the device's own screen does at boot (`appliance keys link "kiosk screen"`): no key typed."""
+    url, _ = kiosk_api
+    earlier, _ = kiosk_keys.create("kiosk screen")
+    code = kiosk_keys.create_link("kiosk screen", ttl_s=60)
+    preset = "/kiosk?mode=transcribe&language=en"
+
+    def lands_on_the_page(page: object) -> None:
+        page.wait_for_selector("#start")  # type: ignore[attr-defined]
+        assert page.url.endswith(preset), page.url  # type: ignore[attr-defined]
+
+    browse(url, microphone(tmp_path, EN / "hello-world.wav"), lands_on_the_page,
+           f"/kiosk/login?code={code}&next=%2Fkiosk%3Fmode%3Dtranscribe%26language%3Den")
+    screens = [k for k in kiosk_keys.list() if k.name == "kiosk screen"]
+    assert [k.id for k in screens if not k.revoked] != [earlier.id] and len(screens) == 2
+    assert next(k for k in screens if k.id == earlier.id).revoked  # replaced, not piled up
+    again = httpx.get(f"{url}/kiosk/login", params={"code": code}, timeout=10)
+    assert again.status_code == 401 and "used already or has expired" in again.text
+    stale = kiosk_keys.create_link("kiosk screen", ttl_s=0.01)
+    time.sleep(0.05)
+    assert httpx.get(f"{url}/kiosk/login", params={"code": stale}, timeout=10).status_code == 401
+    assert httpx.get(f"{url}/kiosk/login", params={"code": "sl_forged"}, timeout=10).status_code == 401

@@ -1,5 +1,6 @@
-"""The kiosk page: sign in once with an API key (kept in an HttpOnly, SameSite=Strict cookie), then the page,
-its assets and its config. Everything but the sign-in form needs the key; nothing is loaded from elsewhere.
+"""The kiosk page: sign in once with an API key or a one-time sign-in link (the key kept in an HttpOnly,
+SameSite=Strict cookie), then the page, its assets and its config. Everything but signing in needs the key;
+nothing is loaded from elsewhere.
 
 Signing in returns to the page that asked for it, query included, so a preset such as
 ``/kiosk?mode=interpret&language=es&target=en`` survives the sign-in. That return address travels in the form
@@ -13,7 +14,7 @@ import mimetypes
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.api.auth import KEY_COOKIE, require_key
@@ -70,10 +71,28 @@ async def login(request: Request, key: str = Form(""), next_url: str = Form(PAGE
     if found is None or reason:
         return _login_page("That key is not valid on this device." if found is None else "That key was revoked.",
                            401, next_url)
-    response = RedirectResponse(_return_to(next_url), status_code=303)
-    response.set_cookie(KEY_COOKIE, key.strip(), httponly=True, samesite="strict", path="/",
+    return _signed_in(request, key.strip(), next_url)
+
+
+def _signed_in(request: Request, token: str, next_url: str) -> Response:
+    response = RedirectResponse(_return_to(next_url), status_code=303, headers={"Cache-Control": "no-store"})
+    response.set_cookie(KEY_COOKIE, token, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
     return response
+
+
+@router.get("/kiosk/login", include_in_schema=False)
+async def login_link(request: Request, code: str = "", next_url: str = Query(PAGE, alias="next")) -> Response:
+    """A one-time sign-in link (``appliance keys link``): the code is spent and the browser gets a new key of
+    the link's name in its cookie. How the device's own screen signs in without anyone typing a key."""
+    services: ApiServices = request.app.state.services
+    client = request.client.host if request.client else "unknown"
+    if services.limiter.take(f"login:{client}"):
+        return _login_page("Too many attempts; wait a minute.", 429, next_url)
+    redeemed = services.keys.redeem(code.strip()) if code else None
+    if redeemed is None:
+        return _login_page("That sign-in link was used already or has expired.", 401, next_url)
+    return _signed_in(request, redeemed[1], next_url)
 
 
 @router.post("/kiosk/logout", include_in_schema=False)

@@ -43,6 +43,21 @@ def create(ctx: typer.Context, name: str = typer.Argument(..., help="Who or what
     typer.echo(token)
 
 
+@keys_app.command("link")
+def link(ctx: typer.Context, name: str = typer.Argument(..., help="The name of the key the link becomes."),
+         ttl: float = typer.Option(120.0, "--ttl", min=1, help="Seconds the link is valid (it works once)."),
+         host: str = typer.Option("127.0.0.1", "--host", help="The host in the printed URL."),
+         path: str = typer.Option("/kiosk", "--next", help="The kiosk page (with a preset query) to land on.")
+         ) -> None:
+    """Print a one-time sign-in link to the kiosk page: opened once within --ttl seconds, it gives that browser a
+    new key called NAME (replacing the earlier keys of that name). The device's own kiosk screen uses it."""
+    from urllib.parse import urlencode
+
+    code = key_store(ctx.obj.settings).create_link(name, ttl)
+    port = ctx.obj.settings.api.port
+    typer.echo(f"http://{host}:{port}/kiosk/login?{urlencode({'code': code, 'next': path})}")
+
+
 @keys_app.command("list")
 def list_keys(ctx: typer.Context) -> None:
     """Every key: id, name, created, revoked (never the key itself)."""
