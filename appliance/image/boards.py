@@ -44,6 +44,8 @@ class Board(BaseModel):
     console: str = Field(description="Serial console device for the kernel command line.")
     profile: str = Field(description="The hw/ profile this board matches.")
     layout: list[PartitionSpec]
+    kiosk: bool = Field(default=False, description=(
+        "The kiosk page on the device's own screen: Chromium in kiosk mode under cage on tty1, no desktop."))
     initrd_modules: list[str] = Field(default=[], description=(
         "Only these kernel modules (and their dependencies) go into the initrd (MODULES=list): a small initrd, "
         "made quickly under emulation. Empty: initramfs-tools' default (most modules)."))

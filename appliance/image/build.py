@@ -13,7 +13,8 @@
 5. **image**: the GPT image, its block map, a firmware bundle of the same root for the other slot, and a
    manifest (packages, models with their sha256s, Python distributions).
 
-Each step's output is kept under ``cache/<step>-<hash>`` where the hash covers the step's inputs (the board
+Each step's output is kept under ``cache/<board>/<step>-<hash>`` (the wheelhouse: ``cache/wheels-<arch>-<hash>``,
+shared by the boards of an architecture) where the hash covers the step's inputs (the board
 file, the package list, the locks, this checkout's code and units, the previous step), so a rebuild after a
 code change redoes only the last step and the image. Steps run as root (mmdebstrap's root mode, chroot,
 ownership in the tree).
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.image import foreign, slots, system, wheelhouse
+from appliance.image import foreign, screen, slots, system, wheelhouse
 from appliance.image.boards import EFI_ARCH, MACHINE, Board
 from appliance.image.disk import assemble, bmap, derived_uuid, make_filesystem
 from appliance.image.firmware import make_bundle
@@ -75,7 +76,7 @@ Step = Callable[[str], None]
 
 
 def packages(board: Board, extra: tuple[str, ...] = ()) -> list[str]:
-    return sorted({*BASE_PACKAGES, *system.PACKAGES, board.kernel, *extra})
+    return sorted({*BASE_PACKAGES, *system.PACKAGES, board.kernel, *(screen.PACKAGES if board.kiosk else ()), *extra})
 
 
 def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), step: Step = lambda s: None,
@@ -87,12 +88,13 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     if not (project / "pyproject.toml").is_file() or not all(lock.is_file() for lock in locks):
         raise BuildError(f"{project} is not a checkout with pyproject.toml and requirements/: images are built "
                          "from a checkout of the appliance (its locks and code go into the image)")
+    shared, cache = cache, cache / board.name  # one board's steps never evict another's; wheels are shared
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     log = out / f"{board.name}.log"
     log.write_text("")
     wanted = packages(board, extra)
-    board_key = board.model_dump_json()
+    board_key = board.model_dump_json(exclude_defaults=True)
 
     def tree(work: Path) -> None:
         sources = [f"deb {MIRROR} {board.suite} main", f"deb {MIRROR} {board.suite}-updates main",
@@ -107,7 +109,7 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
 
     step("wheelhouse")
     native = MACHINE[board.arch] == os.uname().machine  # a foreign tree compiles the sdists: part of the key
-    wheels = cached(cache, "wheels", key(RECIPE, board.arch, files_key(*locks), board.python_without,
+    wheels = cached(shared, f"wheels-{board.arch}", key(RECIPE, board.arch, files_key(*locks), board.python_without,
                                          "" if native else tree_dir),
                     lambda work: _wheelhouse(project, work, board, tree_dir, log)) / "wheelhouse"
 
@@ -125,6 +127,8 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
         system.install_appliance(root, _appliance_wheel(project, work, log), log, board.models)
         _make_system(board, root)
         system.configure(root, units, log)
+        if board.kiosk:
+            screen.configure(root, units, log)
         _partition_files(board, root, work)
 
     step("appliance, models, system and partitions")

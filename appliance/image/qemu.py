@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -50,10 +51,12 @@ class QemuError(ApplianceError):
 
 
 def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: dict[int, int] | None = None,
-            kvm: bool = False, isolated: bool = True, udp_forwards: dict[int, int] | None = None) -> list[str]:
+            kvm: bool = False, isolated: bool = True, udp_forwards: dict[int, int] | None = None,
+            qmp: Path | None = None) -> list[str]:
     """The QEMU command line that boots ``image`` with its console on stdio; ``forwards`` (TCP) and
     ``udp_forwards`` map a host port on 127.0.0.1 to a guest port. ``isolated`` (tests, benchmarks) keeps the
-    guest off every network but the forwarded ports (QEMU's ``restrict=on``)."""
+    guest off every network but the forwarded ports (QEMU's ``restrict=on``). ``qmp``: a unix socket for
+    QEMU's machine protocol (``screendump`` of the guest's screen)."""
     if arch not in MACHINES:
         raise QemuError(f"booting {arch} images in QEMU is not supported yet (only {', '.join(MACHINES)})")
     emulated = MACHINES[arch]
@@ -71,7 +74,8 @@ def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: 
             "-drive", f"file={image},format=raw,if=virtio,cache=unsafe",
             "-netdev", "user,id=net0" + (",restrict=on" if isolated else "") + (f",{nets}" if nets else ""),
             "-device", "virtio-net-pci,netdev=net0",
-            "-nographic", "-serial", "mon:stdio", "-no-reboot"]
+            *(["-qmp", f"unix:{qmp},server=on,wait=off"] if qmp else []),
+            "-nographic", "-serial", "mon:stdio", "-no-reboot"]  # the VGA card stays: screendump sees it
 
 
 def image_arch(image: Path) -> str:
@@ -136,3 +140,22 @@ class Guest:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def screendump(qmp: Path, out: Path, timeout_s: float = 30) -> Path:
+    """The guest's screen as a PPM file, asked for over QMP (QEMU's JSON machine protocol)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(qmp))
+        replies = sock.makefile("r")
+        replies.readline()  # the greeting
+        for command in ({"execute": "qmp_capabilities"}, {"execute": "screendump", "arguments": {
+                "filename": str(out)}}):
+            sock.sendall(json.dumps(command).encode() + b"\n")
+            while True:
+                reply = json.loads(replies.readline())
+                if "error" in reply:
+                    raise QemuError(f"QEMU refused {command['execute']}: {reply['error'].get('desc', reply)}")
+                if "return" in reply:
+                    break  # events ("event": ...) may come first
+    return out
