@@ -93,3 +93,21 @@ def test_a_foreign_board_without_binfmt_emulation_is_one_clear_error(tmp_path: P
     (tmp_path / "qemu-aarch64").write_text("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n")
     check_emulation(arm, tmp_path)
     check_emulation(load_board("generic-x86_64"), tmp_path)  # native: nothing to emulate
+
+
+def test_every_board_file_names_a_profile_and_models_it_can_ship() -> None:
+    """A board's hw profile exists, its models are in the catalog, and none of them comes from a distribution
+    the board goes without (the image build would fail at `appliance models pull`)."""
+    from appliance.hw.profiles import load_profiles
+    from appliance.image.boards import boards_dir
+    from appliance.models.catalog import load_catalog
+
+    profiles, catalog = {p.name: p for p in load_profiles()}, load_catalog()
+    boards = [load_board(path.stem) for path in sorted(boards_dir().glob("*.yaml"))]
+    assert {"generic-x86_64", "x86-kiosk", "generic-arm64"} <= {b.name for b in boards}
+    for board in boards:
+        assert board.profile in profiles, board.name
+        for model in board.models or profiles[board.profile].default_models:
+            packages = {source.package for files in catalog.get(model).variants.values() for f in files
+                        for source in f.sources}
+            assert not packages & set(board.python_without), (board.name, model)

@@ -4,6 +4,7 @@ speech as its microphone. The page must sign in, call the device over WebRTC and
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,25 @@ def test_a_one_time_sign_in_link_opens_the_kiosk_in_the_browser_once(kiosk_api: 
     time.sleep(0.05)
     assert httpx.get(f"{url}/kiosk/login", params={"code": stale}, timeout=10).status_code == 401
     assert httpx.get(f"{url}/kiosk/login", params={"code": "sl_forged"}, timeout=10).status_code == 401
+
+
+def test_a_kiosk_screen_up_before_the_models_waits_for_them(stack: VoiceStack, tmp_path: Path) -> None:
+    """A kiosk's own screen comes up while the models still warm (503 with Retry-After from /kiosk/config):
+    the page says the device is starting and asks again, instead of sending anyone to sign in."""
+    keys, gate = KeyStore(tmp_path / "keys.json"), threading.Event()
+    models = VoiceModels(build=lambda: gate.wait(60) and stack, retry_after_s=1)  # type: ignore[arg-type,return-value]
+    services = ApiServices(ApiSettings(rate_per_minute=1000), keys, models, list)
+
+    def waits_then_fills_the_languages(page: object) -> None:
+        page.wait_for_function("document.querySelector('#error').textContent.includes('starting')")  # type: ignore[attr-defined]
+        gate.set()
+        page.wait_for_function(  # type: ignore[attr-defined]
+            "[...document.querySelectorAll('#language option')].some((o) => o.value === 'es')", timeout=20000)
+        assert page.text_content("#error") == ""  # type: ignore[attr-defined]
+
+    try:
+        with Server(services, warm=False) as server:  # up before the models, as under the supervisor
+            browse(server.url, microphone(tmp_path, EN / "hello-world.wav"), waits_then_fills_the_languages,
+                   f"/kiosk/login?code={keys.create_link('kiosk screen')}")
+    finally:
+        gate.set()

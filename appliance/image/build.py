@@ -7,7 +7,7 @@
    own Python (``/opt/appliance/.venv``);
 4. **system and partitions**: this checkout's appliance wheel installed, the default models pulled into the
    data partition's store, the units (appliance, first boot, the health gate of boot assessment), DHCP, fstab
-   (root read-only from the kernel command line, the data partition at /var, the ESP at /efi); then the
+   (root read-only from the kernel command line, the data partition at /var, the ESP at /efi, /tmp in memory); then the
    partition files: ESP (systemd-boot as the removable-media loader, slot a's kernel, initrd and its blessed
    entry), root-a (the tree without /var), root-b (empty), data (the tree's /var);
 5. **image**: the GPT image, its block map, a firmware bundle of the same root for the other slot, and a
@@ -218,7 +218,9 @@ def _make_system(board: Board, root: Path) -> None:
     (root / "etc" / "fstab").write_text(
         "# root: read-only, from the kernel command line (root=PARTLABEL=root-<slot> ro)\n"
         "PARTLABEL=data  /var  ext4  defaults,noatime  0  2\n"
-        "PARTLABEL=esp   /efi  vfat  umask=0077,noauto,x-systemd.automount  0  2\n")
+        "PARTLABEL=esp   /efi  vfat  umask=0077,noauto,x-systemd.automount  0  2\n"
+        "# /tmp in memory: the root is read-only (and PrivateTmp= needs a writable /tmp to give units their own)\n"
+        "tmpfs           /tmp  tmpfs  nosuid,nodev,mode=1777,size=25%  0  0\n")
     (root / "etc" / "hostname").write_text("appliance\n")
     (root / "etc" / "machine-id").write_text("uninitialized\n")  # first boot: systemd makes one (read-only /etc:
     (root / "efi").mkdir(exist_ok=True)                         # held in memory until /etc is writable)

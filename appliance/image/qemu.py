@@ -74,8 +74,9 @@ def command(image: Path, arch: str = "amd64", memory_mib: int = 2048, forwards: 
             "-drive", f"file={image},format=raw,if=virtio,cache=unsafe",
             "-netdev", "user,id=net0" + (",restrict=on" if isolated else "") + (f",{nets}" if nets else ""),
             "-device", "virtio-net-pci,netdev=net0",
+            "-vga", "none", "-device", "virtio-vga" if arch == "amd64" else "virtio-gpu-pci",  # PRIME, for wlroots
             *(["-qmp", f"unix:{qmp},server=on,wait=off"] if qmp else []),
-            "-nographic", "-serial", "mon:stdio", "-no-reboot"]  # the VGA card stays: screendump sees it
+            "-nographic", "-serial", "mon:stdio", "-no-reboot"]  # no window; screendump still sees the card
 
 
 def image_arch(image: Path) -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from appliance.image.steps import run
 
-PACKAGES = ("cage", "chromium", "dbus", "libpam-systemd", "fonts-dejavu-core")
+# polkitd: systemd 252's logind lets a session take its own VT (cage asks, through libseat) only by polkit;
+# xwayland: cage 0.1.4 will not start without it
+PACKAGES = ("cage", "xwayland", "chromium", "dbus", "libpam-systemd", "polkitd", "fonts-dejavu-core")
 SCRIPTS = ("appliance-kiosk-link", "appliance-kiosk-screen")
 
 

@@ -172,6 +172,23 @@ function bindPushToTalk() {
   });
 }
 
+// The device's languages. A device just booted answers 503 with Retry-After until its models are warm (the
+// screen of a kiosk comes up before that): say so and ask again, rather than send anyone to sign in.
+async function readConfig() {
+  for (;;) {
+    const reply = await fetch("/kiosk/config", { credentials: "same-origin" });
+    if (reply.ok) { showError(""); return reply.json(); }
+    if (reply.status !== 503) {
+      showError(reply.status === 401 || reply.status === 403 ? "Signed out; sign in again."
+        : `Could not read the device's languages (HTTP ${reply.status}).`);
+      return config;
+    }
+    showError("The device is starting (its models are warming up)…");
+    const wait = Math.min(Math.max(Number(reply.headers.get("Retry-After")) || 5, 1), 30);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+  }
+}
+
 async function init() {
   $("start").onclick = start;
   $("stop").onclick = stop;
@@ -181,9 +198,7 @@ async function init() {
   $("language").onchange = fillTargets;
   $("target").onchange = updateStart;
   bindPushToTalk();
-  const reply = await fetch("/kiosk/config", { credentials: "same-origin" });
-  if (reply.ok) config = await reply.json();
-  else showError("Could not read the device's languages; sign in again.");
+  config = await readConfig();
   fillLanguages();
   const params = new URLSearchParams(location.search);  // preset a kiosk: ?mode=interpret&language=es&target=en
   for (const key of ["mode", "language", "talk"]) preset(key, params.get(key));
