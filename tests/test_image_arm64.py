@@ -23,10 +23,10 @@ import pytest
 
 from appliance.image import firmware, slots
 from appliance.image.boards import load_board
-from appliance.image.build import Built, build
+from appliance.image.build import Built
 from appliance.image.qemu import Guest, command, image_arch
 from hil.targets import free_port, sip_options
-from tests.support.supervision import ROOT
+from tests.support.images import built_image
 
 BOARD = load_board("generic-arm64")
 BOOT_S = 1500  # TCG emulating arm64 on two x86 cores: firmware, kernel, systemd, the appliance to READY
@@ -41,9 +41,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    out = tmp_path_factory.mktemp("images")
-    yield build(BOARD, out, ROOT / "build" / "image-cache")
-    shutil.rmtree(out, ignore_errors=True)
+    yield from built_image(BOARD, tmp_path_factory)
 
 
 def fresh(built: Built, tmp: Path) -> Path:

@@ -17,7 +17,6 @@ wheelhouse, the venv; a code change redoes only the last step); boots are bounde
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,24 +29,22 @@ import pytest
 from appliance.bench.image import failing_bundle, unbootable_bundle
 from appliance.image import firmware, slots
 from appliance.image.boards import load_board
-from appliance.image.build import Built, build
+from appliance.image.build import Built
 from appliance.image.qemu import Guest, command
 from hil.targets import QemuTarget, cut_while_writing, free_port, sip_options
 from tests.support.cli import appliance
+from tests.support.images import BOOTS, built_image
 from tests.support.supervision import ROOT
 
 BOARD = load_board("generic-x86_64")
 BOOT_S = 900  # TCG on two cores: firmware, kernel, initramfs, systemd, then the appliance to READY and healthy
 
-needs = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mmdebstrap") or not shutil.which(
-    "qemu-system-x86_64"), reason="needs root, mmdebstrap and qemu-system-x86 (make installs them)")
+needs = BOOTS
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    out = tmp_path_factory.mktemp("images")
-    yield build(BOARD, out, ROOT / "build" / "image-cache")
-    shutil.rmtree(out, ignore_errors=True)
+    yield from built_image(BOARD, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,7 @@ The build shares the wheelhouse with generic-x86_64 (build/image-cache) and has 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,25 +20,22 @@ import numpy as np
 import pytest
 
 from appliance.image.boards import load_board
-from appliance.image.build import Built, build
+from appliance.image.build import Built
 from appliance.image.qemu import Guest, command, screendump
 from hil.targets import free_port
-from tests.support.supervision import ROOT
+from tests.support.images import BOOTS, built_image
 
 BOARD = load_board("x86-kiosk")
 BOOT_S = 900  # TCG on two cores, as in test_image_boot
 SCREEN_S = 600  # then cage and Chromium, rendering in software under TCG
 BACKGROUND, ACCENT = (0x0D, 0x11, 0x17), (0x2F, 0x81, 0xF7)  # kiosk.css: --bg, --accent (the Start button)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mmdebstrap") or not shutil.which(
-    "qemu-system-x86_64"), reason="needs root, mmdebstrap and qemu-system-x86 (make installs them)")
+pytestmark = BOOTS
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    out = tmp_path_factory.mktemp("kiosk-image")
-    yield build(BOARD, out, ROOT / "build" / "image-cache")
-    shutil.rmtree(out, ignore_errors=True)
+    yield from built_image(BOARD, tmp_path_factory)
 
 
 def read_ppm(path: Path) -> np.ndarray:

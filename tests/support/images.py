@@ -1,13 +1,20 @@
 """A tiny A/B disk image for the image tests: a board file with small partitions, a root tree, an ESP tree,
-built with the real tools (no mount)."""
+built with the real tools (no mount); and the real image of a board for the boot tests (its step cache shared
+between runs in build/image-cache)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
-from appliance.image.boards import load_board
+from appliance.image.boards import Board, load_board
+from appliance.image.build import Built
+from appliance.image.build import build as build_image
 from appliance.image.disk import Placed, assemble, derived_uuid, make_filesystem
 
 SMALL = {"name": "tiny-x86", "arch": "amd64", "suite": "bookworm", "firmware": "uefi", "bootloader": "systemd-boot",
@@ -40,3 +47,14 @@ def tiny_boards(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tiny-x86.yaml").write_text(yaml.safe_dump(SMALL))
     return folder
+
+
+BOOTS = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mmdebstrap") or not shutil.which(
+    "qemu-system-x86_64"), reason="needs root, mmdebstrap and qemu-system-x86 (make installs them)")
+
+
+def built_image(board: Board, factory: pytest.TempPathFactory) -> Iterator[Built]:
+    """``board``'s image, its steps cached in build/image-cache; its outputs (gigabytes) gone afterwards."""
+    out = factory.mktemp(f"{board.name}-image")
+    yield build_image(board, out, Path(__file__).resolve().parents[2] / "build" / "image-cache")
+    shutil.rmtree(out, ignore_errors=True)
