@@ -4,6 +4,7 @@ Typed with pydantic (unknown keys are errors); loading is the only I/O."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +64,11 @@ class Board(BaseModel):
         if self.layout[1].size_mib != self.layout[2].size_mib:
             raise ValueError("root-a and root-b must be the same size (a slot's image fits either)")
         return self
+
+    @property
+    def foreign(self) -> bool:
+        """Built on a machine of another architecture (its tree runs under binfmt emulation)."""
+        return MACHINE[self.arch] != os.uname().machine
 
     def gpt_type(self, name: str) -> str:
         return {"esp": ESP, "data": VAR}.get(name) or ROOT[self.arch]

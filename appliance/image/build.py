@@ -108,9 +108,8 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     tree_dir = cached(cache, "tree", key(RECIPE, board_key, wanted), tree) / "root"
 
     step("wheelhouse")
-    native = MACHINE[board.arch] == os.uname().machine  # a foreign tree compiles the sdists: part of the key
     wheels = cached(shared, f"wheels-{board.arch}", key(RECIPE, board.arch, files_key(*locks), board.python_without,
-                                         "" if native else tree_dir),
+                                         tree_dir if board.foreign else ""),  # a foreign tree compiles the sdists
                     lambda work: _wheelhouse(project, work, board, tree_dir, log)) / "wheelhouse"
 
     def venv(work: Path) -> None:
@@ -166,9 +165,9 @@ def _initrd_hooks(board: Board) -> list[str]:
 
 def check_emulation(board: Board, binfmt: Path = Path("/proc/sys/fs/binfmt_misc")) -> None:
     """A board of another architecture needs an enabled binfmt_misc handler of qemu-user-static."""
-    machine = MACHINE[board.arch]
-    if machine == os.uname().machine:
+    if not board.foreign:
         return
+    machine = MACHINE[board.arch]
     handler = binfmt / f"qemu-{machine}"
     if not handler.exists() or not handler.read_text().startswith("enabled"):
         raise BuildError(f"a {board.arch} image on this {os.uname().machine} host runs the {board.arch} tree "
@@ -178,8 +177,7 @@ def check_emulation(board: Board, binfmt: Path = Path("/proc/sys/fs/binfmt_misc"
 
 
 def _wheelhouse(project: Path, work: Path, board: Board, tree: Path, log: Path) -> None:
-    native = MACHINE[board.arch] == os.uname().machine
-    target = None if native else foreign.target(board, tree, work, log)
+    target = foreign.target(board, tree, work, log) if board.foreign else None
     try:
         wheelhouse.build(project, work / "wheelhouse", target=target, without=board.python_without)
     except wheelhouse.WheelhouseError as exc:
