@@ -12,7 +12,7 @@ UV_COMPILE := .venv-lock/bin/uv pip compile -q --generate-hashes --python-versio
 SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio19-dev chromium sip-tester \
 	asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-en asterisk-core-sounds-es \
 	kamailio baresip-core debootstrap systemd-container libsystemd-dev pkg-config fdisk dosfstools mtools bmap-tools \
-	e2fsprogs mmdebstrap qemu-system-x86 ovmf openssh-client
+	e2fsprogs mmdebstrap qemu-system-x86 ovmf openssh-client iproute2 postgresql
 PYTEST_ARGS ?=
 
 EMULATION_PACKAGES := qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
@@ -91,8 +91,14 @@ wheelhouse: venv
 
 # The hardware-in-the-loop scenarios (hil/): on the generic-x86_64 image in QEMU by default, or on a board with
 # HIL_TARGET=ssh://root@HOST (see hil/README.md). Slow: boots, an update written by the device, reboots.
+# On QEMU the image is built first, then the scenarios run in a network namespace with only loopback, where the
+# guest may send its RTP to the harness (QEMU's 10.0.2.2) and nowhere else.
 hil: setup
-	$(BIN)/pytest hil $(PYTEST_ARGS)
+	@if [ "$${HIL_TARGET:-qemu}" = qemu ]; then \
+		$(BIN)/appliance image build generic-x86_64 --out build/hil-image >/dev/null && \
+		HIL_IMAGE=build/hil-image/generic-x86_64.img HIL_BUNDLE=$${HIL_BUNDLE:-build/hil-image/generic-x86_64.bundle} \
+		unshare -n sh -c "ip link set lo up && exec $(BIN)/pytest hil $(PYTEST_ARGS)"; \
+	else $(BIN)/pytest hil $(PYTEST_ARGS); fi
 
 # Images of other architectures (generic-arm64): the tree under binfmt emulation (qemu-user-static), booted in
 # qemu-system-aarch64. Slow (a cold emulated build, an emulated boot): not part of `make test`.

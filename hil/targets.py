@@ -40,6 +40,7 @@ class Target(Protocol):
     api: str  # base URL of the device's API, as the harness reaches it
     api_key: str
     sip: tuple[str, int]  # where the harness sends SIP (TCP)
+    media_host: str  # the harness's address as the device reaches it (its RTP goes there); "" if it cannot
 
     def ssh(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]: ...
     def ssh_background(self, command: str) -> subprocess.Popen[str]: ...
@@ -53,6 +54,19 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def loopback_only() -> bool:
+    """Whether this process runs in a network namespace with nothing but loopback (``make hil`` makes one),
+    where a QEMU guest may be let out of its isolation: all it can reach is this harness."""
+    return [p.name for p in Path("/sys/class/net").iterdir()] == ["lo"]
+
+
+def address_towards(host: str) -> str:
+    """This machine's address on the route to ``host`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, 9))
+        return str(sock.getsockname()[0])
 
 
 def sip_options(port: int, host: str = "127.0.0.1") -> str:
@@ -159,11 +173,16 @@ class QemuTarget(_Ssh):
         self.api_port, self.sip_port = free_port(), free_port()
         self.api, self.sip = f"http://127.0.0.1:{self.api_port}", ("127.0.0.1", self.sip_port)
         self.api_key = ""
+        # QEMU's user-mode network carries the guest's RTP to the harness (10.0.2.2) only when not isolated:
+        # allowed in a loopback-only namespace, where the harness is all the guest can reach.
+        self.isolated = not loopback_only()
+        self.media_host = "" if self.isolated else "10.0.2.2"
         self.guest: Guest | None = None
         self.boots: list[list[str]] = []  # every boot's console
 
     def power_on(self) -> None:
-        args = command(self.image, forwards={self.api_port: 8080, self.sip_port: 5060, self.port: 22})
+        args = command(self.image, forwards={self.api_port: 8080, self.sip_port: 5060, self.port: 22},
+                       isolated=self.isolated)
         args = [a for a in args if a != "-no-reboot"]  # a rollback reboots by itself
         if self.bundle is not None:
             args += ["-drive", f"file={self.bundle},format=raw,if=virtio,readonly=on"]
@@ -202,6 +221,7 @@ class SshTarget(_Ssh):
         self.api = os.environ.get("HIL_API", f"http://{self.host}:8080")
         self.api_key = os.environ.get("HIL_API_KEY", "")
         self.sip = (self.host, int(os.environ.get("HIL_SIP_PORT", "5060")))
+        self.media_host = os.environ.get("HIL_MEDIA_HOST") or address_towards(self.host)
         self.bundle = bundle
         self.cut = os.environ.get("HIL_POWER_CUT", "")
 

@@ -1,6 +1,7 @@
 """The HIL scenarios, in order, on one target (hil/conftest.py): it boots to READY; a WAV through the API comes
-back as its transcript; SIP answers; an update to the other slot comes up and is blessed, and a rollback
-returns to the first; a power cut in the middle of writing an update leaves a device that boots its good slot.
+back as its transcript; SIP answers; a SIPp call hears the greeting (its RTP recorded on the harness); an update
+to the other slot comes up and is blessed, and a rollback returns to the first; a power cut in the middle of
+writing an update leaves a device that boots its good slot.
 
 Run: ``make hil`` (QEMU) or ``HIL_TARGET=ssh://root@BOARD HIL_API_KEY=… HIL_BUNDLE=… make hil``."""
 
@@ -14,6 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from appliance.audio import wav_bytes
+from appliance.bench.text import normalise
+from hil.call import greeting_call
 from hil.targets import Target, TargetError, cut_while_writing, sip_options, wait_ready
 
 ready_s = 900
@@ -67,6 +71,23 @@ def test_a_wav_through_the_api_comes_back_as_its_transcript(target: Target) -> N
 
 def test_sip_answers_options(target: Target) -> None:
     assert sip_options(target.sip[1], target.sip[0]).startswith("SIP/2.0 200")
+
+
+def test_a_sipp_call_hears_the_greeting(target: Target, tmp_path: Path) -> None:
+    if not target.media_host:
+        pytest.skip("the device's RTP cannot reach this harness: QEMU is isolated outside a loopback-only "
+                    "network namespace (make hil makes one)")
+    if not target.api_key:
+        pytest.skip("no API key (HIL_API_KEY) to transcribe the recording with")
+    wait_ready(target, ready_s, models=True)
+    pcm = greeting_call(target.sip, target.media_host, tmp_path, listen_s=60)
+    assert len(pcm) > 8000 * 3, f"{len(pcm) / 8000:.1f} s of audio came back"
+    reply = httpx.post(f"{target.api}/v1/audio/transcriptions", timeout=600,
+                       headers={"Authorization": f"Bearer {target.api_key}"},
+                       files={"file": ("greeting.wav", wav_bytes(pcm, 8000), "audio/wav")}, data={"model": "whisper-1"})
+    assert reply.status_code == 200, reply.text
+    text = normalise(reply.json()["text"])
+    assert "thank you for calling" in text, text
 
 
 def test_update_comes_up_blessed_then_rolls_back(target: Target) -> None:

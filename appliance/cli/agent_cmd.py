@@ -1,5 +1,6 @@
 """`appliance agent …`: the update agent outside `appliance run` (which runs it as a service when
-``fleet.repository`` is set): one poll now, a polling loop, or what the agent last recorded."""
+``fleet.repository`` is set): one poll now, a polling loop, or what the agent last recorded; enrolment at the
+fleet console and a signed inventory report to it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -45,6 +47,53 @@ def run(ctx: typer.Context) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     _agent(ctx.obj, stop).run(stop)
+
+
+def _console(ctx: typer.Context, url: str | None) -> tuple[str, Path]:
+    from appliance.fleet.enrolment import enrolled
+    from appliance.fleet.wiring import state_dir
+
+    fleet_state = state_dir(ctx.obj.settings)
+    url = url or ctx.obj.settings.fleet.console or (enrolled(fleet_state) or {}).get("url")
+    if not url:
+        raise typer.BadParameter("no console: give its URL or set fleet.console")
+    return str(url), fleet_state
+
+
+@app.command()
+def enrol(ctx: typer.Context, url: str = typer.Argument(None, help="The console's base URL (default: fleet.console)."),
+          token: str = typer.Option(None, help="The enrolment token (default: the one first boot adopted).")) -> None:
+    """Enrol this device at the fleet console with a one-time token; the console's certificate is kept."""
+    import httpx
+
+    from appliance.config.paths import data_root
+    from appliance.fleet.enrolment import enrol as do
+    from appliance.fleet.identity import load_or_make
+
+    url, fleet_state = _console(ctx, url)
+    with httpx.Client(timeout=ctx.obj.settings.fleet.timeout_s) as client:
+        answer = do(url, load_or_make(data_root()), fleet_state, client, token)
+    typer.echo(f"enrolled at {url} as device {answer['device_id']}")
+
+
+@app.command()
+def report(ctx: typer.Context) -> None:
+    """Send this device's inventory (profile, version, installed targets, agent state) to the console."""
+    import httpx
+
+    from appliance import __version__
+    from appliance.config.paths import data_root
+    from appliance.fleet.enrolment import report as do
+    from appliance.fleet.identity import load_or_make
+    from appliance.fleet.state import AgentState
+
+    url, fleet_state = _console(ctx, None)
+    agent_state = AgentState(fleet_state)
+    inventory = {"profile": ctx.obj.device.match.profile.name, "version": __version__,
+                 "installed": agent_state.installed(), "agent": agent_state.status().__dict__}
+    with httpx.Client(timeout=ctx.obj.settings.fleet.timeout_s) as client:
+        do(url, load_or_make(data_root()), inventory, client)
+    typer.echo(f"reported to {url}")
 
 
 @app.command()

@@ -13,6 +13,7 @@ from appliance.cli import (
     agent_cmd,
     bench_cmd,
     config_cmd,
+    console_cmd,
     doctor_cmd,
     firmware_cmd,
     image_cmd,
@@ -45,6 +46,7 @@ app.add_typer(release_cmd.app, name="release")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(firmware_cmd.app, name="firmware")
 app.add_typer(image_cmd.app, name="image")
+app.add_typer(console_cmd.app, name="console")
 app.command("run")(run_cmd.run_command)
 app.command("status")(status_cmd.status)
 app.command("serve")(run_cmd.serve)

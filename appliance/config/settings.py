@@ -229,12 +229,25 @@ class FleetSettings(_Section):
         None, description="Name of the configuration bundle this device follows; none when unset."
     )
     board: str | None = Field(None, description="Firmware board name this device takes images for.")
+    console: str | None = Field(
+        None, description="Base URL of the fleet console this device enrols at (`appliance agent enrol`)."
+    )
 
     @model_validator(mode="after")
     def _root_with_repository(self) -> FleetSettings:
         if self.repository and self.root is None:
             raise ValueError("fleet.repository needs fleet.root (the repository's trusted root.json)")
         return self
+
+
+class ConsoleSettings(_Section):
+    database: str | None = Field(
+        None, description="SQLAlchemy URL of the console's database, e.g. postgresql+psycopg://console@db/fleet; "
+        "default: SQLite (WAL) at state_dir/console.db."
+    )
+    state_dir: Path | None = Field(None, description="The console's CA and SQLite database; default DATA/console.")
+    host: str = Field("127.0.0.1", description="Address `appliance console serve` listens on.")
+    port: int = Field(8090, ge=1, le=65535, description="Port of the console's web UI and API.")
 
 
 class LogSettings(_Section):
@@ -259,6 +272,7 @@ class Settings(BaseSettings):
     bot: BotSettings = Field(default_factory=BotSettings, description="The call-center bot answering calls.")
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings, description="`appliance run`.")
     fleet: FleetSettings = Field(default_factory=FleetSettings, description="Signed updates (the update agent).")
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings, description="The fleet console's server.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod

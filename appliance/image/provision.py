@@ -14,7 +14,6 @@ boot); ``provisioned.json`` is written last and the state is handed to the appli
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -25,10 +24,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from appliance.config.files import write_atomic
+from appliance.fleet.identity import load_or_make
 
 MARKER = "provisioned.json"
 BOOT_DIR = "appliance"  # on the boot partition (the ESP)
@@ -44,19 +41,7 @@ class Provisioned:
 
 def device_identity(state: Path) -> str:
     """The device's id, making its key on first use."""
-    path = state / "device" / "identity.pem"
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), None)
-        assert isinstance(key, Ed25519PrivateKey)
-    else:
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        write_atomic(path, pem.decode(), 0o600, parents=True)
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    write_atomic(state / "device" / "identity.pub", public.decode(), 0o644)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return load_or_make(state).id
 
 
 def adopt(source: Path, dest: Path, mode: int) -> bool:

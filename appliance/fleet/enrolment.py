@@ -1,0 +1,75 @@
+"""The device's side of the fleet console: enrolment and inventory reports.
+
+``enrol`` sends the one-time token (given, or the one first-boot provisioning moved to
+``fleet/enrolment.token``) with the device's public key; the console answers with a certificate for that key
+and its CA, which are kept in ``fleet/console.json`` while the spent token is deleted. ``report`` sends what the
+device is (profile, versions, slot, health, live calls) as a request signed with the device key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from appliance.config.files import write_atomic
+from appliance.errors import ApplianceError
+from appliance.fleet.identity import DeviceKey
+
+TOKEN_FILE, CONSOLE_FILE = "enrolment.token", "console.json"
+
+
+class ConsoleError(ApplianceError):
+    """The console refused or could not be reached; the message says which and its reason."""
+
+
+def _refusal(reply: httpx.Response) -> str:
+    try:
+        return str(reply.json().get("detail", reply.text))
+    except ValueError:
+        return reply.text[:300]
+
+
+def enrol(url: str, key: DeviceKey, fleet_state: Path, client: httpx.Client, token: str | None = None
+          ) -> dict[str, Any]:
+    """Enrol at the console at ``url``; what it answered (device id, certificate, CA)."""
+    token_path = fleet_state / TOKEN_FILE
+    if token is None:
+        try:
+            token = token_path.read_text().strip()
+        except FileNotFoundError as exc:
+            raise ConsoleError(f"no enrolment token: give one, or put it in {token_path}") from exc
+    try:
+        reply = client.post(f"{url.rstrip('/')}/api/v1/enrol",
+                            json={"token": token, "public_key": key.public_raw.hex()})
+    except httpx.HTTPError as exc:
+        raise ConsoleError(f"the console at {url} cannot be reached: {exc}") from exc
+    if reply.status_code != 201:
+        raise ConsoleError(f"the console refused the enrolment ({reply.status_code}): {_refusal(reply)}")
+    answer = dict(reply.json())
+    if answer.get("device_id") != key.id:
+        raise ConsoleError(f"the console enrolled {answer.get('device_id')!r}, not this device ({key.id})")
+    write_atomic(fleet_state / CONSOLE_FILE, json.dumps({"url": url, **answer}, indent=1), 0o644, parents=True)
+    token_path.unlink(missing_ok=True)
+    return answer
+
+
+def enrolled(fleet_state: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((fleet_state / CONSOLE_FILE).read_text()))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def report(url: str, key: DeviceKey, inventory: dict[str, Any], client: httpx.Client) -> None:
+    """Send the device's inventory, signed."""
+    body = json.dumps(inventory, separators=(",", ":")).encode()
+    path = "/api/v1/device/report"
+    headers = {"Content-Type": "application/json", **key.sign("POST", path, body)}
+    try:
+        reply = client.post(f"{url.rstrip('/')}{path}", content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise ConsoleError(f"the console at {url} cannot be reached: {exc}") from exc
+    if reply.status_code != 204:
+        raise ConsoleError(f"the console refused the report ({reply.status_code}): {_refusal(reply)}")
