@@ -159,8 +159,10 @@ class _Ssh:
 class QemuTarget(_Ssh):
     """An appliance image in QEMU; ``bundle`` (optional) is attached as /dev/vdb."""
 
-    def __init__(self, image: Path, work: Path, bundle: Path | None = None, boot_s: float = 900) -> None:
-        self.image, self.bundle, self.boot_s = image, bundle, boot_s
+    def __init__(self, image: Path, work: Path, bundle: Path | None = None, boot_s: float = 900,
+                 memory_mib: int = 4096) -> None:
+        # 4 GiB: every default model warm (with 2 GiB the memory guard sheds and the API answers 503)
+        self.image, self.bundle, self.boot_s, self.memory_mib = image, bundle, boot_s, memory_mib
         self.host, self.user = "127.0.0.1", "root"
         self.key = work / "hil_ed25519"
         if not self.key.exists():
@@ -182,7 +184,7 @@ class QemuTarget(_Ssh):
 
     def power_on(self) -> None:
         args = command(self.image, forwards={self.api_port: 8080, self.sip_port: 5060, self.port: 22},
-                       isolated=self.isolated)
+                       isolated=self.isolated, memory_mib=self.memory_mib)
         args = [a for a in args if a != "-no-reboot"]  # a rollback reboots by itself
         if self.bundle is not None:
             args += ["-drive", f"file={self.bundle},format=raw,if=virtio,readonly=on"]

@@ -194,7 +194,7 @@ def test_the_audit_chain_finds_a_changed_or_removed_entry(console: tuple[TestCli
 
 def test_the_console_cli_makes_users_and_tokens_and_says_what_is_wrong(tmp_path: Path) -> None:
     env = {"APPLIANCE_CONSOLE__STATE_DIR": str(tmp_path / "console")}
-    assert "empty -> r0001" in appliance("console", "migrate", env=env).stdout
+    assert f"empty -> {head()}" in appliance("console", "migrate", env=env).stdout
     done = appliance("console", "user", "ops", "--role", "operator", "--password-stdin", env=env)
     assert done.returncode != 0 and "at least 12 characters" in done.stderr  # stdin is empty
     token = appliance("console", "enrolment-token", "--group", "lobby", "--hours", "1", env=env)

@@ -9,9 +9,12 @@ Every admin action is written to the audit log in the same transaction as the ac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -19,10 +22,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.console import accounts, audit
+from appliance.console import accounts, audit, rollouts
 from appliance.console.authority import Authority, EnrolmentError, enrol, make_token
-from appliance.console.inventory import device_view, search
-from appliance.console.schema import Device, User
+from appliance.console.inventory import device_view, release_view, rollout_view, search
+from appliance.console.schema import Device, Release, Rollout, User
 from appliance.fleet.identity import DEVICE, IdentityError, verify
 
 
@@ -45,6 +48,25 @@ class NewEnrolmentToken(BaseModel):
 class Enrol(BaseModel):
     token: str
     public_key: str
+
+
+log = logging.getLogger(__name__)
+JUDGED = ("running", "paused", "approval", "halted")  # rollouts whose devices' reports are still judged
+DEFAULT_WAVES: tuple[int | str, ...] = (1, "50%", "100%")  # a canary, half the group, the rest
+
+
+class NewRelease(BaseModel):
+    name: str = Field(..., min_length=1, max_length=64)
+    targets: dict[Literal["model", "config", "firmware"], dict[str, int]]
+
+
+class NewRollout(BaseModel):
+    release: str
+    group: str
+    waves: list[int | str] = Field(default_factory=lambda: list(DEFAULT_WAVES), min_length=1, max_length=20)
+    failure_threshold: float = Field(0.2, ge=0, lt=1)
+    deadline_s: int = Field(3600, ge=10, le=7 * 86400)
+    approval: bool = False
 
 
 class Placement(BaseModel):
@@ -96,8 +118,39 @@ async def signed_device(request: Request, session: Db) -> Device:
 SignedDevice = Annotated[Device, Depends(signed_device)]
 
 
-def make_app(sessions: sessionmaker[Session], authority: Authority) -> FastAPI:
-    app = FastAPI(title="appliance fleet console", docs_url=None, redoc_url=None, openapi_url=None)
+def advance(session: Session, group: str | None = None) -> None:
+    """Tick the group's rollouts (a device's report may finish its part), or every group's (deadlines pass
+    without reports), auditing what happened."""
+    query = select(Rollout).where(Rollout.state.in_(JUDGED))
+    for found in session.scalars((query if group is None else query.where(Rollout.group == group))
+                                 .with_for_update()):
+        for line in rollouts.tick(session, found):
+            audit.record(session, "console", "rollout.progress", f"rollout:{found.id}", what=line)
+
+
+def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: float = 15.0) -> FastAPI:
+    """The console; every ``tick_s`` its rollouts are judged again (a silent device's deadline passes)."""
+
+    def tick_all() -> None:
+        with sessions() as session, session.begin():
+            advance(session)
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(tick_s)
+            try:
+                await asyncio.to_thread(tick_all)
+            except Exception:  # the database away for a moment: the next tick tries again
+                log.exception("judging the rollouts failed")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(ticker())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="appliance fleet console", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.sessions, app.state.authority = sessions, authority
 
     @app.get("/health")
@@ -143,8 +196,69 @@ def make_app(sessions: sessionmaker[Session], authority: Authority) -> FastAPI:
         return {"device_id": device.id, "certificate": device.certificate, "ca": authority.pem}
 
     @app.post("/api/v1/device/report", status_code=204)
-    def report(device: SignedDevice, body: dict[str, Any]) -> None:
+    def report(device: SignedDevice, body: dict[str, Any], session: Db) -> None:
         device.report, device.last_seen = body, datetime.now(UTC)
+        session.flush()
+        if device.group is not None:
+            advance(session, device.group)
+
+    @app.get("/api/v1/device/assignment")
+    def device_assignment(device: SignedDevice, session: Db) -> dict[str, Any]:
+        return rollouts.assignment(session, device)
+
+    @app.post("/api/v1/releases", status_code=201)
+    def new_release(body: NewRelease, operator: Operator, session: Db) -> dict[str, Any]:
+        if session.scalar(select(Release).where(Release.name == body.name)) is not None:
+            raise HTTPException(409, f"release {body.name!r} exists")
+        release = Release(name=body.name, targets=dict(body.targets), created=datetime.now(UTC),
+                          created_by=operator.name)
+        session.add(release)
+        session.flush()
+        audit.record(session, operator.name, "release.add", f"release:{body.name}", targets=release.targets)
+        return release_view(release)
+
+    @app.get("/api/v1/releases")
+    def releases(_: Viewer, session: Db) -> list[dict[str, Any]]:
+        return [release_view(r) for r in session.scalars(select(Release).order_by(Release.id.desc()))]
+
+    @app.post("/api/v1/rollouts", status_code=201)
+    def new_rollout(body: NewRollout, operator: Operator, session: Db) -> dict[str, Any]:
+        release = session.scalar(select(Release).where(Release.name == body.release))
+        if release is None:
+            raise HTTPException(404, f"no release {body.release!r}")
+        try:
+            rollout = rollouts.start(session, release, body.group, body.waves, operator.name,
+                                     body.failure_threshold, body.deadline_s, body.approval)
+        except rollouts.RolloutError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        audit.record(session, operator.name, "rollout.start", f"rollout:{rollout.id}", release=body.release,
+                     group=body.group, waves=body.waves, failure_threshold=body.failure_threshold)
+        return rollout_view(session, rollout)
+
+    @app.get("/api/v1/rollouts")
+    def rollout_list(_: Viewer, session: Db) -> list[dict[str, Any]]:
+        return [rollout_view(session, r) for r in session.scalars(select(Rollout).order_by(Rollout.id.desc()))]
+
+    @app.get("/api/v1/rollouts/{rollout_id}")
+    def rollout(rollout_id: int, _: Viewer, session: Db) -> dict[str, Any]:
+        found = session.get(Rollout, rollout_id)
+        if found is None:
+            raise HTTPException(404, f"no rollout {rollout_id}")
+        return rollout_view(session, found, full=True)
+
+    @app.post("/api/v1/rollouts/{rollout_id}/{action}")
+    def rollout_action(rollout_id: int, action: str, operator: Operator, session: Db) -> dict[str, Any]:
+        found = session.get(Rollout, rollout_id, with_for_update=True)
+        if found is None:
+            raise HTTPException(404, f"no rollout {rollout_id}")
+        try:
+            rollouts.act(session, found, action)
+        except rollouts.RolloutError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        audit.record(session, operator.name, f"rollout.{action}", f"rollout:{rollout_id}")
+        for line in rollouts.tick(session, found):
+            audit.record(session, "console", "rollout.progress", f"rollout:{rollout_id}", what=line)
+        return rollout_view(session, found)
 
     @app.get("/api/v1/devices")
     def devices(_: Viewer, session: Db, q: str = "", group: str | None = None,

@@ -1,6 +1,7 @@
 """The fleet's inventory: what a device reported last (profile, hardware, appliance version, firmware slot,
 model versions, agent state, health, live calls), its group, tags and when it was last seen; filtered by
-group and tag and searched by id or any reported value."""
+group and tag and searched by id or any reported value. Also the views of releases and rollouts (per-wave
+progress, each device's part) that the API and the pages show."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance.console.schema import Device
+from appliance.console import rollouts
+from appliance.console.schema import Device, Release, Rollout
 
 SUMMARY = ("profile", "version", "slot", "health", "calls", "agent")  # the report's fields shown in lists
 
@@ -40,3 +42,24 @@ def search(session: Session, q: str = "", group: str | None = None, tag: str | N
         needle = q.lower()
         found = [d for d in found if needle in d.id or needle in str(d.report).lower()]
     return found
+
+
+def release_view(release: Release) -> dict[str, Any]:
+    return {"name": release.name, "targets": release.targets, "created": release.created.isoformat(),
+            "created_by": release.created_by}
+
+
+def rollout_view(session: Session, rollout: Rollout, full: bool = False) -> dict[str, Any]:
+    release = session.get(Release, rollout.release_id)
+    view: dict[str, Any] = {
+        "id": rollout.id, "release": release.name if release else None, "group": rollout.group,
+        "state": rollout.state, "reason": rollout.reason, "wave": rollout.wave + 1,
+        "waves": [{"wave": p.wave + 1, "size": p.size, "done": p.done, "failed": p.failed, "assigned": p.assigned,
+                   "waiting": p.waiting} for p in rollouts.progress(session, rollout)],
+        "failure_threshold": rollout.failure_threshold, "approval": rollout.approval,
+        "created": rollout.created.isoformat(), "updated": rollout.updated.isoformat(),
+    }
+    if full:
+        view["devices"] = [{"device": m.device_id, "wave": m.wave + 1, "state": m.state, "detail": m.detail,
+                            "previous": m.previous} for m in rollouts.members(session, rollout)]
+    return view

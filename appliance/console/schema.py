@@ -98,3 +98,48 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     previous: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Release(Base):
+    """A set of signed targets (published to the repository by `appliance release`), each named by kind, name
+    and version: ``targets = {"model": {"silero-vad-v6": 2}, "config": {...}, "firmware": {...}}``."""
+    __tablename__ = "releases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    targets: Mapped[dict[str, Any]]
+    created: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(64))
+
+
+class Rollout(Base):
+    """A release sent to a group in waves (``waves``: sizes, a count or "N%" of the group, cumulative or not,
+    see ``rollouts.plan``); each wave is judged by its devices' reports, halted past ``failure_threshold``."""
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    group: Mapped[str] = mapped_column(String(64), index=True)
+    waves: Mapped[dict[str, Any]]  # {"sizes": [1, "50%", "100%"]}
+    wave: Mapped[int] = mapped_column(default=0)  # the wave in progress (0-based)
+    state: Mapped[str] = mapped_column(String(20))  # running, paused, approval, halted, aborted, done
+    failure_threshold: Mapped[float]
+    deadline_s: Mapped[int]
+    approval: Mapped[bool] = mapped_column(default=False)  # a person approves each next wave
+    reason: Mapped[str | None] = mapped_column(Text)  # why it halted, paused or was aborted
+    created: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(64))
+    updated: Mapped[datetime]
+
+
+class RolloutDevice(Base):
+    """One device's part in a rollout: its wave, what it ran before (``previous``: the versions it goes back
+    to), and its state: waiting, assigned, done, failed, rolled-back."""
+    __tablename__ = "rollout_devices"
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True,
+                                           index=True)
+    wave: Mapped[int]
+    state: Mapped[str] = mapped_column(String(20))
+    previous: Mapped[dict[str, Any]]
+    assigned: Mapped[datetime | None]
+    finished: Mapped[datetime | None]
+    detail: Mapped[str | None] = mapped_column(Text)

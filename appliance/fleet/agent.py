@@ -6,6 +6,11 @@ resumed from its journal before anything else.
 Choosing is a pure function (``choose``): for each model id, config bundle name and board, the newest version
 whose tags match the device (or the version its group pins), that the appliance is new enough for, that is not
 what is installed already and that has not failed here before.
+
+A device enrolled at a fleet console (``link``) asks the console for its pins before choosing and installs only
+what they name (a staged rollout decides when each device moves; the signatures still decide what may be
+installed at all), and reports its inventory after each check. Without an answer from the console it installs
+nothing that round.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import random
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from packaging.version import InvalidVersion, Version
 from tuf.api.metadata import TargetFile
 
 from appliance.errors import ApplianceError
 from appliance.fleet.client import FleetError, TufClient
+from appliance.fleet.enrolment import ConsoleLink
 from appliance.fleet.events import Event, EventLog, since
 from appliance.fleet.install import Installer
 from appliance.fleet.state import AgentState, Status
@@ -39,6 +45,7 @@ class DeviceFacts:
     pins: dict[str, int] = field(default_factory=dict)  # model id or bundle name -> version (its group's)
     config: str | None = None  # the configuration bundle it follows
     board: str | None = None  # the firmware board it takes
+    pins_only: bool = False  # a console manages this device: nothing it has not pinned is installed
 
 
 def choose(offers: Iterable[TargetFile], device: DeviceFacts, installed: dict[str, dict[str, int]],
@@ -56,7 +63,7 @@ def choose(offers: Iterable[TargetFile], device: DeviceFacts, installed: dict[st
         if (kind == "config" and name != device.config) or (kind == "firmware" and name != device.board):
             continue
         version, pin = int(custom["version"]), device.pins.get(name)
-        if pin is not None and version != pin:
+        if (pin is not None and version != pin) or (pin is None and device.pins_only):
             continue
         key = (kind, name)
         if key not in best or version > int(best[key].custom["version"]):
@@ -95,6 +102,7 @@ class Agent:
     events: EventLog
     device: DeviceFacts
     schedule: Schedule = field(default_factory=Schedule)
+    link: ConsoleLink | None = None
 
     def poll_once(self) -> Status:
         """Resume an interrupted install, refresh, choose, install; the status after it."""
@@ -104,8 +112,11 @@ class Agent:
             self._resume(local=True)  # a switch, check or rollback in progress needs no network: finish it first
             self.client.refresh()
             self._resume(local=False)  # an interrupted download or verification continues with fresh metadata
+            facts = self.device
+            if self.link is not None:
+                facts = replace(facts, pins=self.link.pins(), pins_only=True)
             offers = [t for role in ROLES for t in self.client.offers(role)]
-            chosen = choose(offers, self.device, self.state.installed(), self.state.refused(),
+            chosen = choose(offers, facts, self.state.installed(), self.state.refused(),
                             self.state.status().staged)
             status.pending = [t.path for t in chosen]
             self.state.save_status(status)
@@ -123,6 +134,8 @@ class Agent:
             self.events.emit(Event("error", False, str(exc), seconds=since(start)))
             log.warning("update check failed: %s", exc)
         self.state.save_status(status)
+        if self.link is not None:
+            self.link.send(self.state)
         return status
 
     def _resume(self, local: bool) -> None:

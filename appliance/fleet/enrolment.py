@@ -1,15 +1,20 @@
-"""The device's side of the fleet console: enrolment and inventory reports.
+"""The device's side of the fleet console: enrolment, inventory reports and the assignment the agent follows.
 
 ``enrol`` sends the one-time token (given, or the one first-boot provisioning moved to
 ``fleet/enrolment.token``) with the device's public key; the console answers with a certificate for that key
 and its CA, which are kept in ``fleet/console.json`` while the spent token is deleted. ``report`` sends what the
-device is (profile, versions, slot, health, live calls) as a request signed with the device key."""
+device is (profile, versions, slot, health, live calls) as a request signed with the device key.
+``ConsoleLink`` is what the update agent holds once the device is enrolled: the pins it asks for before each
+check, and the report (installed and refused targets, the agent's state, whatever ``facts`` adds) after it."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -17,6 +22,10 @@ from appliance.config.files import write_atomic
 from appliance.errors import ApplianceError
 from appliance.fleet.identity import DeviceKey
 
+if TYPE_CHECKING:
+    from appliance.fleet.state import AgentState
+
+log = logging.getLogger(__name__)
 TOKEN_FILE, CONSOLE_FILE = "enrolment.token", "console.json"
 
 
@@ -62,14 +71,41 @@ def enrolled(fleet_state: Path) -> dict[str, Any] | None:
         return None
 
 
-def report(url: str, key: DeviceKey, inventory: dict[str, Any], client: httpx.Client) -> None:
-    """Send the device's inventory, signed."""
-    body = json.dumps(inventory, separators=(",", ":")).encode()
-    path = "/api/v1/device/report"
-    headers = {"Content-Type": "application/json", **key.sign("POST", path, body)}
+def signed(client: httpx.Client, key: DeviceKey, url: str, method: str, path: str,
+           payload: dict[str, Any] | None = None, expect: int = 200) -> httpx.Response:
+    """A request to the console signed with the device key; ConsoleError unless it answers ``expect``."""
+    body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+    headers = {**key.sign(method, path, body), **({"Content-Type": "application/json"} if body else {})}
     try:
-        reply = client.post(f"{url.rstrip('/')}{path}", content=body, headers=headers)
+        reply = client.request(method, f"{url.rstrip('/')}{path}", content=body, headers=headers)
     except httpx.HTTPError as exc:
         raise ConsoleError(f"the console at {url} cannot be reached: {exc}") from exc
-    if reply.status_code != 204:
-        raise ConsoleError(f"the console refused the report ({reply.status_code}): {_refusal(reply)}")
+    if reply.status_code != expect:
+        raise ConsoleError(f"the console refused {method} {path} ({reply.status_code}): {_refusal(reply)}")
+    return reply
+
+
+def report(url: str, key: DeviceKey, inventory: dict[str, Any], client: httpx.Client) -> None:
+    """Send the device's inventory, signed."""
+    signed(client, key, url, "POST", "/api/v1/device/report", inventory, expect=204)
+
+
+@dataclass
+class ConsoleLink:
+    url: str
+    key: DeviceKey
+    client: httpx.Client
+    facts: Callable[[], dict[str, Any]] = field(default=lambda: {})  # profile, version, health, calls, slot
+
+    def pins(self) -> dict[str, int]:
+        answer = signed(self.client, self.key, self.url, "GET", "/api/v1/device/assignment").json()
+        return {str(name): int(version) for name, version in (answer.get("pins") or {}).items()}
+
+    def send(self, state: AgentState) -> None:
+        """Report after a check; a console that cannot be reached is logged, not fatal (the next check reports)."""
+        inventory = {**self.facts(), "installed": state.installed(), "refused": sorted(state.refused()),
+                     "agent": asdict(state.status())}
+        try:
+            report(self.url, self.key, inventory, self.client)
+        except ConsoleError as exc:
+            log.warning("inventory report not sent: %s", exc)

@@ -1,11 +1,13 @@
 """Building the agent from the settings: the trusted root, the state directory, one HTTP client with timeouts,
-the installer and the schedule. The caller passes what only the running appliance knows (its hooks and tags)."""
+the installer, the schedule and, once the device is enrolled at a console (``fleet/console.json``), the link to
+it. The caller passes what only the running appliance knows (its hooks, tags and the facts it reports)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -13,7 +15,9 @@ from appliance import __version__
 from appliance.config.paths import data_root
 from appliance.fleet.agent import Agent, DeviceFacts, Schedule
 from appliance.fleet.client import FleetError, TufClient
+from appliance.fleet.enrolment import ConsoleLink, enrolled
 from appliance.fleet.events import EventLog
+from appliance.fleet.identity import load_or_make
 from appliance.fleet.install import Hooks, Installer
 from appliance.fleet.state import AgentState
 from appliance.models import ModelStore
@@ -27,7 +31,7 @@ def state_dir(settings: Settings) -> Path:
 
 
 def open_agent(settings: Settings, store: ModelStore, hooks: Hooks, profile: str,
-               stop: threading.Event | None = None) -> Agent:
+               stop: threading.Event | None = None, facts: Callable[[], dict[str, Any]] | None = None) -> Agent:
     conf = settings.fleet
     if not conf.repository or conf.root is None:
         raise FleetError("no update repository configured; fix: set fleet.repository and fleet.root")
@@ -42,6 +46,11 @@ def open_agent(settings: Settings, store: ModelStore, hooks: Hooks, profile: str
     state, events = AgentState(folder), EventLog(folder / "events.jsonl")
     installer = Installer(store, client, http, state, events, hooks, folder / "config.toml",
                           stop or threading.Event())
-    facts = DeviceFacts(__version__, frozenset({profile, *conf.tags}), dict(conf.pins), conf.config, conf.board)
-    return Agent(client, installer, state, events, facts,
-                 Schedule(conf.interval_s, conf.jitter, conf.backoff_max_s))
+    device = DeviceFacts(__version__, frozenset({profile, *conf.tags}), dict(conf.pins), conf.config, conf.board)
+    console = enrolled(folder)
+    link = None
+    if console is not None:
+        link = ConsoleLink(str(console["url"]), load_or_make(data_root()), http,
+                           facts or (lambda: {"profile": profile, "version": __version__}))
+    return Agent(client, installer, state, events, device, Schedule(conf.interval_s, conf.jitter, conf.backoff_max_s),
+                 link)
