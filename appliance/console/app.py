@@ -1,4 +1,5 @@
-"""The console's HTTP app (FastAPI). Every route needs authentication except ``/health``:
+"""The console's HTTP app (FastAPI): its JSON API below, its pages (``pages``) and their static files. Every
+route needs authentication except ``/health``, the sign-in page and the static files:
 
 - people and API clients: ``Authorization: Bearer ct_…`` (from ``POST /api/v1/login`` or
   ``appliance console token``), each route gated by a role (viewer < operator < admin);
@@ -17,12 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.console import accounts, audit, rollouts
+from appliance.console import accounts, audit, pages, rollouts
 from appliance.console.authority import Authority, EnrolmentError, enrol, make_token
 from appliance.console.inventory import device_view, release_view, rollout_view, search
 from appliance.console.schema import Device, Release, Rollout, User
@@ -300,6 +302,13 @@ def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: floa
         return {"problems": audit.check(session),
                 "entries": [{"id": e.id, "at": e.at.isoformat(), "actor": e.actor, "action": e.action,
                              "subject": e.subject, "detail": e.detail} for e in rows]}
+
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=str(pages.HERE / "static")), name="static")
+
+    @app.exception_handler(pages.SignIn)
+    def sign_in_first(_: Request, __: pages.SignIn) -> RedirectResponse:
+        return RedirectResponse("/login", status_code=303)
 
     @app.exception_handler(EnrolmentError)
     def enrolment_refused(_: Request, exc: EnrolmentError) -> JSONResponse:

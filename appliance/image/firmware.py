@@ -193,11 +193,19 @@ def open_image(image: Path) -> AbSystem:
     return AbSystem(slots.ImageEsp(image, table["esp"].start), roots, None)
 
 
+def booted_slot(proc: Path = Path("/proc")) -> str | None:
+    """The slot this system booted (``appliance.slot=`` on the kernel command line), None without one."""
+    try:
+        cmdline = (proc / "cmdline").read_text().split()
+    except OSError:
+        return None
+    return next((a.split("=", 1)[1] for a in cmdline if a.startswith("appliance.slot=")), None)
+
+
 def open_running(proc: Path = Path("/proc"), dev: Path = Path("/dev/disk/by-partlabel"),
                  esp_mounts: tuple[Path, ...] = (Path("/efi"), Path("/boot/efi"))) -> AbSystem:
     """The A/B system this device runs from; a clear error on a system without slots."""
-    cmdline = (proc / "cmdline").read_text().split() if (proc / "cmdline").exists() else []
-    booted = next((a.split("=", 1)[1] for a in cmdline if a.startswith("appliance.slot=")), None)
+    booted = booted_slot(proc)
     esp = next((m for m in esp_mounts if (m / "loader").is_dir()), None)
     if booted not in ("a", "b") or esp is None or not all((dev / f"root-{s}").exists() for s in "ab"):
         raise FirmwareError("this system has no A/B slots (not booted from an appliance image: no "

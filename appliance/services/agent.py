@@ -92,7 +92,7 @@ class AgentTask(TaskService):
         hooks = Hooks(smoke=self.device.trial, health=self._health, reload=self._reload_now, switched=self._switched,
                       slot_writer=slot_writer())
         self.agent = await asyncio.to_thread(open_agent, self.settings, self.device.store, hooks,
-                                             self.device.match.profile.name, self._stop)
+                                             self.device.match.profile.name, self._stop, self._facts)
         self.set_ready()
         try:
             await asyncio.to_thread(self.agent.run, self._stop)
@@ -151,6 +151,15 @@ class AgentTask(TaskService):
             if loaded is not None and loaded != active:
                 problem = f"the running voice stack uses version {loaded}, not {active}"
         return problem or model_health(self.device, job)
+
+    def _facts(self) -> dict[str, Any]:
+        """What the console's inventory shows of this device, sent with each report (no personal data)."""
+        from appliance import __version__
+        from appliance.image.firmware import booted_slot
+
+        problem = self._services_ready()
+        return {"profile": self.device.match.profile.name, "version": __version__, "health": problem or "ok",
+                "calls": self._live(), "models": dict(self.device.loaded), "slot": booted_slot()}
 
     def health(self) -> dict[str, Any]:
         if self.agent is None:
