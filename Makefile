@@ -17,12 +17,16 @@ PYTEST_ARGS ?=
 
 EMULATION_PACKAGES := qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
 
-.PHONY: run test setup system venv converter models check clean lock wheelhouse debian-versions hil test-images
+.PHONY: run console test setup system venv converter models check clean lock wheelhouse debian-versions hil test-images
 
 run: setup
 	-$(BIN)/appliance doctor
 	@echo "Starting the appliance under its supervisor: HTTP API and kiosk (port 8080), SIP (port 5060)."
 	$(BIN)/appliance run
+
+# The fleet console on this machine (http://127.0.0.1:8090/; the first start prints the admin's password).
+console: setup
+	$(BIN)/appliance console serve
 
 test: setup check
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -204,3 +204,14 @@ def test_the_console_cli_makes_users_and_tokens_and_says_what_is_wrong(tmp_path:
     with transaction(open_database(f"sqlite:///{tmp_path / 'console' / 'console.db'}")) as session:
         assert [e.action for e in session.scalars(select(AuditEntry))] == ["enrolment-token.add"]
         assert session.scalar(select(Device)) is None
+
+
+def test_the_first_start_makes_an_admin_once(tmp_path: Path) -> None:
+    from appliance.cli.console_cmd import bootstrap
+
+    sessions = open_database(f"sqlite:///{tmp_path / 'console.db'}")
+    password = bootstrap(sessions)
+    assert password and bootstrap(sessions) is None
+    with transaction(sessions) as session:
+        user = accounts.check_password(session, "admin", password)
+        assert user is not None and user.role == "admin"

@@ -363,7 +363,11 @@ def test_memory_guard_sheds_and_recovers_with_hysteresis(tmp_path: Path) -> None
         assert await guard.check() and len(events) == 1
         fake_tree(tmp_path, 5.0)
         assert not await guard.check() and events[-1] == "ok"
-        fake_tree(tmp_path, 0.0, current=950 << 20, limit=str(1000 << 20))
+        options = fake_tree(tmp_path, 0.0, current=950 << 20, limit=str(1000 << 20))
+        stat = options.cgroup_root / "system.slice" / "appliance.service" / "memory.stat"
+        stat.write_text(f"anon {500 << 20}\nfile {450 << 20}\ninactive_file {400 << 20}\n")
+        assert not await guard.check()  # 950 MB used, 400 MB of it a cold file cache: a working set of 55%
+        stat.unlink()
         assert await guard.check() and events[-1] == "cgroup memory at 95% of its limit"
         fake_tree(tmp_path, 0.0, current=100 << 20, limit=str(1000 << 20), available_mb=100)
         assert await guard.check() and len(events) == 3  # still under pressure: MemAvailable is low now

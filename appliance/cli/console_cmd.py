@@ -6,10 +6,14 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from appliance.cli.state import CliState
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 app = typer.Typer(help="The fleet console: enrolment, inventory, users, audit.", no_args_is_help=True)
 
@@ -33,12 +37,36 @@ def serve(ctx: typer.Context) -> None:
 
     from appliance.console.app import make_app
     from appliance.console.authority import load_or_make
-    from appliance.console.db import open_database
+    from appliance.console.db import open_database, safe_url
 
     state: CliState = ctx.obj
     sessions = open_database(_url(ctx))
+    first = bootstrap(sessions)
+    conf = state.settings.console
+    if first:
+        typer.echo(f"first start: user admin made, password (shown once, stored hashed): {first}")
+    typer.echo(f"fleet console at http://{conf.host}:{conf.port}/ (database {safe_url(_url(ctx))})")
     app_ = make_app(sessions, load_or_make(_state(ctx)))
-    uvicorn.run(app_, host=state.settings.console.host, port=state.settings.console.port, log_level="warning")
+    uvicorn.run(app_, host=conf.host, port=conf.port, log_level="warning")
+
+
+def bootstrap(sessions: sessionmaker[Session]) -> str | None:
+    """On a console without users: an admin with a random password (returned, to be shown once)."""
+    import secrets
+
+    from sqlalchemy import select
+
+    from appliance.console import accounts, audit
+    from appliance.console.db import transaction
+    from appliance.console.schema import User
+
+    with transaction(sessions) as session:
+        if session.scalar(select(User.id).limit(1)) is not None:
+            return None
+        password = secrets.token_urlsafe(15)
+        accounts.add_user(session, "admin", "admin", password)
+        audit.record(session, "console", "user.add", "user:admin", role="admin", first_start=True)
+    return password
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """The memory guard: shed load before the kernel's OOM killer (or systemd's MemoryMax) ends the appliance.
 
 Readings, each optional: the memory PSI of our cgroup ("some avg10", the share of the last 10 s in which a task
-waited on memory; cgroup v2 ``memory.pressure``, else /proc/pressure/memory), our cgroup's usage against its
-limit (v2 ``memory.current`` against the lower of ``memory.max`` and ``memory.high``; v1 usage and limit), and
+waited on memory; cgroup v2 ``memory.pressure``, else /proc/pressure/memory), our cgroup's working set against
+its limit (v2 ``memory.current`` less the inactive file cache of ``memory.stat``, against the lower of
+``memory.max`` and ``memory.high``; v1 usage and limit likewise), and
 /proc/meminfo's MemAvailable. Above any high threshold the guard calls ``shed(reason)`` (unload idle models,
 turn new calls away with 503); it calls ``recover()`` only once every reading is below its low threshold, so
 it does not flap. Paths are injectable: tests use fake /proc and cgroup trees.
@@ -100,6 +101,19 @@ def _cgroups(proc: Path) -> dict[str, str]:
     return out
 
 
+def _working_set(usage: int | None, stat: str | None, key: str) -> int | None:
+    """The cgroup's usage less its inactive file cache (what the kernel reclaims first without trouble; the
+    working set, as the kernel's own OOM accounting and cAdvisor see it). Model files read at load time stay in
+    that cache and would otherwise count as pressure."""
+    if usage is None or not stat:
+        return usage
+    for line in stat.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return max(0, usage - int(value))
+    return usage
+
+
 def read_memory(options: MemoryOptions) -> MemoryReading:
     """One reading (blocking file reads: call it in a thread)."""
     groups = _cgroups(options.proc)
@@ -111,13 +125,15 @@ def read_memory(options: MemoryOptions) -> MemoryReading:
             if (folder / "cgroup.controllers").exists() or (folder / "memory.current").exists():
                 text = _read(folder / "memory.pressure")
                 psi = parse_psi(text) if text else None
-                current = _number(_read(folder / "memory.current"))
+                current = _working_set(_number(_read(folder / "memory.current")),
+                                       _read(folder / "memory.stat"), "inactive_file")
                 limits = [n for n in (_number(_read(folder / f)) for f in ("memory.max", "memory.high")) if n]
                 limit = min(limits) if limits else None
                 break
     if current is None and "memory" in groups:
         folder = options.cgroup_root / "memory" / groups["memory"].lstrip("/")
-        current = _number(_read(folder / "memory.usage_in_bytes"))
+        current = _working_set(_number(_read(folder / "memory.usage_in_bytes")), _read(folder / "memory.stat"),
+                               "total_inactive_file")
         limit = _number(_read(folder / "memory.limit_in_bytes"))
     if psi is None:
         text = _read(options.proc / "pressure" / "memory")
