@@ -232,6 +232,12 @@ class FleetSettings(_Section):
     console: str | None = Field(
         None, description="Base URL of the fleet console this device enrols at (`appliance agent enrol`)."
     )
+    share_transcripts: bool = Field(
+        False, description="Let telemetry carry what callers said (transcripts); off: those fields never leave."
+    )
+    telemetry_max_bytes: int = Field(
+        4 << 20, ge=1 << 16, description="Telemetry kept on disk while the console is away; the oldest is dropped."
+    )
 
     @model_validator(mode="after")
     def _root_with_repository(self) -> FleetSettings:

@@ -1,5 +1,6 @@
 """The console's HTTP app (FastAPI): its JSON API below, its pages (``pages``) and their static files. Every
-route needs authentication except ``/health``, the sign-in page and the static files:
+route needs authentication except ``/health``, the sign-in page and the static files (``/metrics``, the
+fleet's telemetry for Prometheus federation, takes a viewer's bearer token):
 
 - people and API clients: ``Authorization: Bearer ct_…`` (from ``POST /api/v1/login`` or
   ``appliance console token``), each route gated by a role (viewer < operator < admin);
@@ -18,13 +19,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.console import accounts, audit, pages, rollouts
+from appliance.console import accounts, audit, pages, rollouts, telemetry
 from appliance.console.authority import Authority, EnrolmentError, enrol, make_token
 from appliance.console.inventory import device_view, release_view, rollout_view, search
 from appliance.console.schema import Device, Release, Rollout, User
@@ -154,6 +156,8 @@ def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: floa
     app = FastAPI(title="appliance fleet console", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.state.sessions, app.state.authority = sessions, authority
+    registry = CollectorRegistry()
+    registry.register(telemetry.FleetCollector(sessions))
 
     @app.get("/health")
     def health(session: Db) -> dict[str, str]:
@@ -203,6 +207,15 @@ def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: floa
         session.flush()
         if device.group is not None:
             advance(session, device.group)
+
+    @app.post("/api/v1/device/telemetry", status_code=204)
+    def device_telemetry(device: SignedDevice, body: dict[str, Any], session: Db) -> None:
+        telemetry.store(session, device, body)
+        device.last_seen = datetime.now(UTC)
+
+    @app.get("/metrics")
+    def metrics(_: Viewer) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/device/assignment")
     def device_assignment(device: SignedDevice, session: Db) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance.console import accounts, audit, rollouts
+from appliance.console import accounts, audit, rollouts, telemetry
 from appliance.console.authority import make_token
 from appliance.console.inventory import device_view, release_view, rollout_view, search
-from appliance.console.schema import AuditEntry, Device, Release, Rollout, User
+from appliance.console.schema import AuditEntry, Device, DeviceEvent, Release, Rollout, User
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "console"
@@ -129,8 +129,10 @@ def device_page(request: Request, device_id: str) -> HTMLResponse:
         if found is None:
             raise HTTPException(404, f"no device {device_id}")
         view = device_view(found, full=True)
+        events = list(session.scalars(select(DeviceEvent).where(DeviceEvent.device_id == device_id)
+                                      .order_by(DeviceEvent.id.desc()).limit(50)))
         return _page(request, "device.html", user, token, device=view, report=json.dumps(view["report"], indent=2),
-                     title=f"Device {device_id}")
+                     charts=telemetry.charts(session, device_id), events=events, title=f"Device {device_id}")
 
 
 @router.post("/devices/{device_id}/{action}")

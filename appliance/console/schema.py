@@ -143,3 +143,22 @@ class RolloutDevice(Base):
     assigned: Mapped[datetime | None]
     finished: Mapped[datetime | None]
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Sample(Base):
+    """One telemetry sample of a device: numbers by name (calls, memory_mb, cpu_percent, …) at a time."""
+    __tablename__ = "samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    values: Mapped[dict[str, Any]]
+
+
+class DeviceEvent(Base):
+    """An event a device sent (updates, errors), redacted on the device before it left."""
+    __tablename__ = "device_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    type: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]]

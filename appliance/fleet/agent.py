@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 from tuf.api.metadata import TargetFile
@@ -135,8 +136,22 @@ class Agent:
             log.warning("update check failed: %s", exc)
         self.state.save_status(status)
         if self.link is not None:
-            self.link.send(self.state)
+            self.link.send(self.state, self._new_events())
         return status
+
+    def _new_events(self) -> list[dict[str, Any]]:
+        """The agent's events since the last ones handed to the console (a cursor file beside the log)."""
+        cursor = self.events.path.with_name("events.sent")
+        try:
+            last = cursor.read_text().strip()
+        except FileNotFoundError:
+            last = ""
+        events = self.events.read()
+        ids = [e.get("id") for e in events]
+        fresh = events[ids.index(last) + 1:] if last in ids else events
+        if fresh:
+            cursor.write_text(str(fresh[-1].get("id", "")))
+        return fresh
 
     def _resume(self, local: bool) -> None:
         job = self.state.job()

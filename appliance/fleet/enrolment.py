@@ -5,7 +5,8 @@
 and its CA, which are kept in ``fleet/console.json`` while the spent token is deleted. ``report`` sends what the
 device is (profile, versions, slot, health, live calls) as a request signed with the device key.
 ``ConsoleLink`` is what the update agent holds once the device is enrolled: the pins it asks for before each
-check, and the report (installed and refused targets, the agent's state, whatever ``facts`` adds) after it."""
+check, and after it the report (installed and refused targets, the agent's state, whatever ``facts`` adds) and
+the telemetry (``telemetry``: a sample and the agent's new events, through the on-disk outbox)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import httpx
 from appliance.config.files import write_atomic
 from appliance.errors import ApplianceError
 from appliance.fleet.identity import DeviceKey
+from appliance.fleet.telemetry import Outbox, sample, scrub
 
 if TYPE_CHECKING:
     from appliance.fleet.state import AgentState
@@ -96,16 +98,31 @@ class ConsoleLink:
     key: DeviceKey
     client: httpx.Client
     facts: Callable[[], dict[str, Any]] = field(default=lambda: {})  # profile, version, health, calls, slot
+    outbox: Outbox | None = None  # telemetry waiting for the console
+    metrics: Callable[[], dict[str, Any]] = field(default=lambda: {})  # the numbers of a telemetry sample
+    share_transcripts: bool = False
 
     def pins(self) -> dict[str, int]:
         answer = signed(self.client, self.key, self.url, "GET", "/api/v1/device/assignment").json()
         return {str(name): int(version) for name, version in (answer.get("pins") or {}).items()}
 
-    def send(self, state: AgentState) -> None:
-        """Report after a check; a console that cannot be reached is logged, not fatal (the next check reports)."""
-        inventory = {**self.facts(), "installed": state.installed(), "refused": sorted(state.refused()),
+    def _upload(self, batch: dict[str, Any]) -> None:
+        signed(self.client, self.key, self.url, "POST", "/api/v1/device/telemetry", batch, expect=204)
+
+    def send(self, state: AgentState, events: list[dict[str, Any]] | None = None) -> None:
+        """Report after a check, and upload the telemetry (a sample now and ``events``, the agent's new ones);
+        a console that cannot be reached is logged, not fatal: the report goes next time, the telemetry waits in
+        the outbox."""
+        facts = self.facts()
+        inventory = {**facts, "installed": state.installed(), "refused": sorted(state.refused()),
                      "agent": asdict(state.status())}
+        if self.outbox is not None:
+            numbers = {**facts, **self.metrics(), "update_errors": int(bool(state.status().last_error))}
+            self.outbox.put({"samples": [sample(numbers)],
+                             "events": scrub(events or [], self.share_transcripts)})
         try:
-            report(self.url, self.key, inventory, self.client)
+            report(self.url, self.key, scrub(inventory, self.share_transcripts), self.client)
+            if self.outbox is not None:
+                self.outbox.flush(self._upload)
         except ConsoleError as exc:
-            log.warning("inventory report not sent: %s", exc)
+            log.warning("inventory or telemetry not sent: %s", exc)
