@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.bench.postgres import BIN, postgres_server
 from appliance.console import accounts, audit
 from appliance.console.app import make_app
 from appliance.console.authority import EnrolmentError, enrol, load_or_make, make_token
@@ -26,7 +27,6 @@ from appliance.fleet.enrolment import enrol as device_enrol
 from appliance.fleet.identity import IdentityError, verify
 from appliance.fleet.identity import load_or_make as device_key
 from tests.support.cli import appliance
-from tests.support.postgres import BIN, postgres_server
 
 PASSWORD = "correct horse battery"
 

@@ -227,6 +227,32 @@ def update(
                     f"{ratio['seconds_ratio']:.2f} of the time. JSON: {out}")
 
 
+@app.command("console")
+def console(
+    devices: int = typer.Option(1000, min=1, help="Simulated devices, each with its own key."),
+    interval: float = typer.Option(5.0, min=0.1, help="Seconds between a device's checks (assignment + report)."),
+    seconds: float = typer.Option(30.0, min=1, help="How long each database is loaded."),
+    postgres: str = typer.Option(None, help="A PostgreSQL URL to use (default: a server started for the run)."),
+    out: Path = typer.Option(Path("bench-results/console.json"), "--json", help="Where to write the JSON."),
+) -> None:
+    """The fleet console under many devices polling and reporting: SQLite, then PostgreSQL, and their ratio."""
+    from appliance.bench.console import run
+
+    results = _with_progress("console", 2, lambda step: run(devices, interval, seconds, postgres, step))
+    _write(out, results)
+    table = Table(title=f"Fleet console: {devices} devices, a check each {interval:g} s "
+                        f"({results['offered_requests_per_s']} requests/s offered)")
+    for column in ("database", "requests/s", "p50 ms", "p95 ms", "errors", "console CPU"):
+        table.add_column(column, justify="left" if column == "database" else "right")
+    for name in ("sqlite", "postgresql", "ratios_postgresql_over_sqlite"):
+        row = results.get(name)
+        if row:
+            table.add_row(name.replace("_", " "), str(row["requests_per_s"]), str(row["p50_ms"]),
+                          str(row["p95_ms"]), str(row.get("errors", "")), str(row["console_cpu"]))
+    Console().print(table)
+    Console().print(f"JSON: {out}")
+
+
 @app.command("image")
 def image(
     board: str = typer.Argument("generic-x86_64", help="A board of images/boards/."),

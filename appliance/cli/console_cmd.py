@@ -47,7 +47,7 @@ def serve(ctx: typer.Context) -> None:
         typer.echo(f"first start: user admin made, password (shown once, stored hashed): {first}")
     typer.echo(f"fleet console at http://{conf.host}:{conf.port}/ (database {safe_url(_url(ctx))})")
     app_ = make_app(sessions, load_or_make(_state(ctx)))
-    uvicorn.run(app_, host=conf.host, port=conf.port, log_level="warning")
+    uvicorn.run(app_, host=conf.host, port=conf.port, log_level="warning", timeout_graceful_shutdown=10)
 
 
 def bootstrap(sessions: sessionmaker[Session]) -> str | None:

@@ -1,6 +1,6 @@
-"""A real PostgreSQL server for the console's tests (Debian's `postgresql`, which `make test` installs): a
-cluster made with initdb in a temporary directory, listening only on a Unix socket there (no TCP port), run as
-the `postgres` user when the tests run as root (PostgreSQL refuses root), stopped at the end."""
+"""A real PostgreSQL server for the console's tests and benchmark (Debian's `postgresql`, which `make test`
+installs): a cluster made with initdb in a temporary directory, listening only on a Unix socket there (no TCP
+port), run as the `postgres` user when running as root (PostgreSQL refuses root), stopped at the end."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from appliance.errors import ApplianceError
 
 BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None) \
     if Path("/usr/lib/postgresql").exists() else None
@@ -23,7 +25,8 @@ def _as_postgres(args: list[str]) -> list[str]:
 @contextmanager
 def postgres_server(work: Path, database: str = "console") -> Iterator[str]:
     """A running server with an empty ``database``; its SQLAlchemy URL (psycopg, over the Unix socket)."""
-    assert BIN is not None
+    if BIN is None:
+        raise ApplianceError("PostgreSQL is not installed here (Debian postgresql; make test installs it)")
     work.mkdir(parents=True, exist_ok=True)
     data, sock = work / "data", work / "sock"
     sock.mkdir()
@@ -46,7 +49,7 @@ def postgres_server(work: Path, database: str = "console") -> Iterator[str]:
             if ready.returncode == 0:
                 break
             if server.poll() is not None:
-                raise RuntimeError(f"postgres exited: {server.stderr.read() if server.stderr else ''}")
+                raise ApplianceError(f"postgres exited: {server.stderr.read() if server.stderr else ''}")
             time.sleep(0.2)
         subprocess.run([str(BIN / "createdb"), "-h", str(sock), "-U", "postgres", database], check=True,
                        capture_output=True, timeout=60)
