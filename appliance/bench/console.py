@@ -2,7 +2,8 @@
 beforehand) polling the console for their assignment and reporting their inventory, both signed, against the
 real `appliance console serve` in its own process: once on SQLite, once on PostgreSQL (a server started for the
 run). Per database: sustained requests/s, latency p50/p95, errors, and the console process's CPU (seconds of
-CPU per second of wall time); then PostgreSQL's figures as ratios of SQLite's, measured in the same run."""
+CPU per second of wall time; the simulated devices' own CPU beside it, as they share the machine); then
+PostgreSQL's figures as ratios of SQLite's, measured in the same run."""
 
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ def _serve(url: str, state: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {**os.environ, "APPLIANCE_CONSOLE__DATABASE": url, "APPLIANCE_CONSOLE__STATE_DIR": str(state),
            "APPLIANCE_CONSOLE__PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "appliance", "console", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = state / "console.log"  # a file, not a pipe: a console logging much must never block on it
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "console", "serve"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=sink)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -109,7 +112,7 @@ def _serve(url: str, state: Path) -> tuple[subprocess.Popen[bytes], str]:
         except httpx.HTTPError:
             time.sleep(0.1)
         if proc.poll() is not None:
-            raise ApplianceError(f"the console did not start: {(proc.stderr.read() if proc.stderr else b'').decode()}")
+            raise ApplianceError(f"the console did not start: {log.read_text(errors='replace')[-2000:]}")
     proc.kill()
     raise ApplianceError("the console did not answer /health within 30 s")
 
@@ -118,12 +121,20 @@ def one(url: str, state: Path, devices: int, interval_s: float, seconds: float) 
     keys = _enrol(url, state, devices)
     proc, base = _serve(url, state)
     try:
-        cpu0 = _cpu_seconds(proc.pid)
+        cpu0, mine = _cpu_seconds(proc.pid), os.times()
         figures = asyncio.run(_load(base, keys, interval_s, seconds))
         figures["console_cpu"] = round((_cpu_seconds(proc.pid) - cpu0) / figures["wall_s"], 2)
+        spent = os.times()  # the simulated devices' own share of this machine (they run beside the console)
+        figures["devices_cpu"] = round((spent.user + spent.system - mine.user - mine.system) / figures["wall_s"], 2)
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+    logged = (state / "console.log").read_text(errors="replace")
+    figures["console_errors_logged"] = logged.count("Traceback")
     return figures
 
 

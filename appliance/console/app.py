@@ -12,13 +12,15 @@ Every admin action is written to the audit log in the same transaction as the ac
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -104,22 +106,42 @@ Operator = Annotated[User, Depends(role("operator"))]
 Admin = Annotated[User, Depends(role("admin"))]
 
 
-async def signed_device(request: Request, session: Db) -> Device:
+T = TypeVar("T")
+
+
+async def as_device(request: Request, work: Callable[[Session, Device, bytes], T]) -> T:
+    """Authenticate the device that signed this request and do ``work`` for it, all in one call on the thread
+    pool with one session: a request never holds a database connection while it waits for a thread (the
+    deadlock of a pool smaller than the number of waiting requests), and the event loop never touches the
+    database."""
     body = await request.body()
-    device = session.get(Device, request.headers.get(DEVICE, ""))
-    if device is None:
-        raise HTTPException(401, "unknown device: enrol first")
-    if device.revoked is not None:
-        raise HTTPException(403, f"device {device.id} is revoked")
+    headers, method = dict(request.headers), request.method
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+    def call() -> T:
+        with request.app.state.sessions() as session, session.begin():
+            device = session.get(Device, headers.get(DEVICE.lower(), ""))
+            if device is None:
+                raise HTTPException(401, "unknown device: enrol first")
+            if device.revoked is not None:
+                raise HTTPException(403, f"device {device.id} is revoked")
+            try:
+                verify(device.public_key, headers, method, target, body)
+            except IdentityError as exc:
+                raise HTTPException(401, str(exc)) from exc
+            return work(session, device, body)
+
+    return await run_in_threadpool(call)
+
+
+def _json(body: bytes) -> dict[str, Any]:
     try:
-        verify(device.public_key, dict(request.headers), request.method, target, body)
-    except IdentityError as exc:
-        raise HTTPException(401, str(exc)) from exc
-    return device
-
-
-SignedDevice = Annotated[Device, Depends(signed_device)]
+        value = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise HTTPException(422, f"the body is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise HTTPException(422, "the body must be a JSON object")
+    return value
 
 
 def advance(session: Session, group: str | None = None) -> None:
@@ -202,24 +224,28 @@ def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: floa
         return {"device_id": device.id, "certificate": device.certificate, "ca": authority.pem}
 
     @app.post("/api/v1/device/report", status_code=204)
-    def report(device: SignedDevice, body: dict[str, Any], session: Db) -> None:
-        device.report, device.last_seen = body, datetime.now(UTC)
-        session.flush()
-        if device.group is not None:
-            advance(session, device.group)
+    async def report(request: Request) -> None:
+        def work(session: Session, device: Device, body: bytes) -> None:
+            device.report, device.last_seen = _json(body), datetime.now(UTC)
+            session.flush()
+            if device.group is not None:
+                advance(session, device.group)
+        await as_device(request, work)
 
     @app.post("/api/v1/device/telemetry", status_code=204)
-    def device_telemetry(device: SignedDevice, body: dict[str, Any], session: Db) -> None:
-        telemetry.store(session, device, body)
-        device.last_seen = datetime.now(UTC)
+    async def device_telemetry(request: Request) -> None:
+        def work(session: Session, device: Device, body: bytes) -> None:
+            telemetry.store(session, device, _json(body))
+            device.last_seen = datetime.now(UTC)
+        await as_device(request, work)
 
     @app.get("/metrics")
     def metrics(_: Viewer) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/device/assignment")
-    def device_assignment(device: SignedDevice, session: Db) -> dict[str, Any]:
-        return rollouts.assignment(session, device)
+    async def device_assignment(request: Request) -> dict[str, Any]:
+        return await as_device(request, lambda session, device, _: rollouts.assignment(session, device))
 
     @app.post("/api/v1/releases", status_code=201)
     def new_release(body: NewRelease, operator: Operator, session: Db) -> dict[str, Any]:
