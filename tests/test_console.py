@@ -6,6 +6,7 @@ inventory, and the hash-chained audit log (tampering found)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -215,3 +216,18 @@ def test_the_first_start_makes_an_admin_once(tmp_path: Path) -> None:
     with transaction(sessions) as session:
         user = accounts.check_password(session, "admin", password)
         assert user is not None and user.role == "admin"
+
+
+def test_concurrent_audit_appends_keep_one_chain(database: str) -> None:
+    sessions = open_database(database)
+
+    def append(worker: int) -> None:
+        for n in range(10):
+            with transaction(sessions) as session:
+                audit.record(session, f"worker-{worker}", "test.append", f"n:{n}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(append, range(8)))
+    with transaction(sessions) as session:
+        assert audit.check(session) == [] and len(list(session.scalars(select(AuditEntry)))) == 80
+    sessions.kw["bind"].dispose()

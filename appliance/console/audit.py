@@ -1,8 +1,8 @@
 """The audit log: every admin action, append-only and hash-chained. Each entry's hash is the SHA-256 of the
 previous entry's hash and the entry's own fields (canonical JSON), so changing, removing or reordering a row
-breaks every later hash; ``check`` walks the chain and says where. Appends are serialised by locking the
-newest entry (PostgreSQL) or by SQLite's single writer, and a second entry claiming the same predecessor is
-refused by a unique constraint."""
+breaks every later hash; ``check`` walks the chain and says where. Appends are serialised: by a
+transaction-scoped advisory lock on PostgreSQL, by taking SQLite's write lock before reading the newest entry;
+a second entry claiming the same predecessor would be refused by a unique constraint."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from appliance.console.schema import AuditEntry
 
 GENESIS = "0" * 64
+ADVISORY_KEY = 0x61756474  # "audt": the transaction-scoped lock PostgreSQL appends take
 
 
 def _hash(previous: str, at: datetime, actor: str, action: str, subject: str, detail: dict[str, Any]) -> str:
@@ -27,7 +28,12 @@ def _hash(previous: str, at: datetime, actor: str, action: str, subject: str, de
 
 def record(session: Session, actor: str, action: str, subject: str, **detail: Any) -> AuditEntry:
     """Append an entry in the caller's transaction (it lands with the action or not at all)."""
-    last = session.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1).with_for_update())
+    dialect = session.get_bind().dialect.name  # one appender at a time, even on an empty log:
+    if dialect == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_KEY})
+    elif dialect == "sqlite":  # a write statement takes SQLite's write lock before the newest entry is read
+        session.execute(text("UPDATE audit_log SET id = id WHERE 0"))
+    last = session.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1))
     previous = last.hash if last else GENESIS
     at = datetime.now(UTC)
     detail = json.loads(json.dumps(detail, default=str))  # what the database will give back

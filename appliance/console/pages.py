@@ -12,9 +12,9 @@ import hmac
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
@@ -55,8 +55,16 @@ def _user(request: Request, session: Session, needed: str = "viewer") -> tuple[U
     return user, token
 
 
-async def _form(request: Request, token: str) -> dict[str, str]:
-    form = {key: str(value) for key, value in (await request.form()).items()}
+async def form_of(request: Request) -> dict[str, str]:
+    """The posted form (read on the event loop; the handlers that take it are sync and run on the thread pool,
+    so the database is never used on the loop)."""
+    return {key: str(value) for key, value in (await request.form()).items()}
+
+
+Form = Annotated[dict[str, str], Depends(form_of)]
+
+
+def _csrf(form: dict[str, str], token: str) -> dict[str, str]:
     if not hmac.compare_digest(form.get("csrf", ""), csrf_of(token)):
         raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page")
     return form
@@ -79,8 +87,7 @@ def login_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
-    form = {key: str(value) for key, value in (await request.form()).items()}
+def login(request: Request, form: Form) -> Response:
     with _session(request) as session, session.begin():
         user = accounts.check_password(session, form.get("name", ""), form.get("password", ""))
         if user is None:
@@ -95,10 +102,10 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
+def logout(request: Request, form: Form) -> Response:
     with _session(request) as session, session.begin():
         _, token = _user(request, session)
-        await _form(request, token)
+        _csrf(form, token)
         accounts.revoke_token(session, token)
     answer = _back("/login")
     answer.delete_cookie(COOKIE)
@@ -136,10 +143,10 @@ def device_page(request: Request, device_id: str) -> HTMLResponse:
 
 
 @router.post("/devices/{device_id}/{action}")
-async def device_action(request: Request, device_id: str, action: str) -> Response:
+def device_action(request: Request, device_id: str, action: str, form: Form) -> Response:
     with _session(request) as session, session.begin():
         user, token = _user(request, session, "admin" if action == "revoke" else "operator")
-        form = await _form(request, token)
+        _csrf(form, token)
         found = session.get(Device, device_id)
         if found is None or action not in ("placement", "revoke"):
             raise HTTPException(404, f"no device {device_id} or no action {action}")
@@ -179,10 +186,10 @@ def parse_targets(text: str) -> dict[str, dict[str, int]]:
 
 
 @router.post("/releases")
-async def add_release(request: Request) -> Response:
+def add_release(request: Request, form: Form) -> Response:
     with _session(request) as session, session.begin():
         user, token = _user(request, session, "operator")
-        form = await _form(request, token)
+        _csrf(form, token)
         name = form.get("name", "").strip()
         try:
             targets = parse_targets(form.get("targets", ""))
@@ -196,10 +203,10 @@ async def add_release(request: Request) -> Response:
 
 
 @router.post("/rollouts")
-async def start_rollout(request: Request) -> Response:
+def start_rollout(request: Request, form: Form) -> Response:
     with _session(request) as session, session.begin():
         user, token = _user(request, session, "operator")
-        form = await _form(request, token)
+        _csrf(form, token)
         release = session.scalar(select(Release).where(Release.name == form.get("release", "")))
         try:
             if release is None:
@@ -228,10 +235,10 @@ def rollout_page(request: Request, rollout_id: int, error: str = "") -> HTMLResp
 
 
 @router.post("/rollouts/{rollout_id}/action")
-async def rollout_action(request: Request, rollout_id: int) -> Response:
+def rollout_action(request: Request, rollout_id: int, form: Form) -> Response:
     with _session(request) as session, session.begin():
         user, token = _user(request, session, "operator")
-        form = await _form(request, token)
+        _csrf(form, token)
         found = session.get(Rollout, rollout_id, with_for_update=True)
         if found is None:
             raise HTTPException(404, f"no rollout {rollout_id}")
@@ -253,10 +260,10 @@ def enrol_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/enrol", response_class=HTMLResponse)
-async def enrol_token(request: Request) -> HTMLResponse:
+def enrol_token(request: Request, form: Form) -> HTMLResponse:
     with _session(request) as session, session.begin():
         user, token = _user(request, session, "admin")
-        form = await _form(request, token)
+        _csrf(form, token)
         group = form.get("group", "").strip() or None
         try:
             hours = min(720.0, max(0.05, float(form.get("hours", "24"))))
