@@ -46,7 +46,15 @@ def serve(ctx: typer.Context) -> None:
     if first:
         typer.echo(f"first start: user admin made, password (shown once, stored hashed): {first}")
     typer.echo(f"fleet console at http://{conf.host}:{conf.port}/ (database {safe_url(_url(ctx))})")
-    app_ = make_app(sessions, load_or_make(_state(ctx)))
+    published = None
+    if conf.repository is not None:
+        from appliance.console.repository import Published
+
+        published = Published(conf.repository, list(conf.keys))
+        expires = f"{published.expires():%Y-%m-%d %H:%M} UTC"
+        typer.echo(f"releases checked against {conf.repository}; its timestamp expires {expires}"
+                   + (", re-signed with the online keys" if conf.keys else " (no console.keys: not re-signed)"))
+    app_ = make_app(sessions, load_or_make(_state(ctx)), published=published)
     uvicorn.run(app_, host=conf.host, port=conf.port, log_level="warning", timeout_graceful_shutdown=10)
 
 

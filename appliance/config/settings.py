@@ -254,6 +254,13 @@ class ConsoleSettings(_Section):
     state_dir: Path | None = Field(None, description="The console's CA and SQLite database; default DATA/console.")
     host: str = Field("127.0.0.1", description="Address `appliance console serve` listens on.")
     port: int = Field(8090, ge=1, le=65535, description="Port of the console's web UI and API.")
+    repository: Path | None = Field(
+        None, description="The signed update repository's directory: releases must name targets published there."
+    )
+    keys: list[Path] = Field(
+        default_factory=list, description="Directories of the online snapshot and timestamp keys, with which the "
+        "console keeps the repository's timestamp fresh (passphrases: APPLIANCE_KEY_PASSPHRASE[_<NAME>])."
+    )
 
 
 class LogSettings(_Section):

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from appliance.console import accounts, audit, pages, rollouts, telemetry
 from appliance.console.authority import Authority, EnrolmentError, enrol, make_token
 from appliance.console.inventory import device_view, release_view, rollout_view, search
+from appliance.console.repository import Published, RepositoryLinkError, unpublished
 from appliance.console.schema import Device, Release, Rollout, User
 from appliance.fleet.identity import DEVICE, IdentityError, verify
 
@@ -154,12 +155,23 @@ def advance(session: Session, group: str | None = None) -> None:
             audit.record(session, "console", "rollout.progress", f"rollout:{found.id}", what=line)
 
 
-def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: float = 15.0) -> FastAPI:
-    """The console; every ``tick_s`` its rollouts are judged again (a silent device's deadline passes)."""
+def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: float = 15.0,
+             published: Published | None = None) -> FastAPI:
+    """The console; every ``tick_s`` its rollouts are judged again (a silent device's deadline passes) and,
+    with a repository, its timestamp is kept fresh."""
 
     def tick_all() -> None:
         with sessions() as session, session.begin():
             advance(session)
+            if published is not None:
+                try:
+                    signed = published.refresh()
+                except RepositoryLinkError as exc:
+                    log.error("%s", exc)
+                    return
+                if signed:
+                    audit.record(session, "console", "repository.refresh", "repository",
+                                 snapshot=signed[0], timestamp=signed[1])
 
     async def ticker() -> None:
         while True:
@@ -177,7 +189,7 @@ def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: floa
 
     app = FastAPI(title="appliance fleet console", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
-    app.state.sessions, app.state.authority = sessions, authority
+    app.state.sessions, app.state.authority, app.state.published = sessions, authority, published
     registry = CollectorRegistry()
     registry.register(telemetry.FleetCollector(sessions))
 
@@ -248,9 +260,12 @@ def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: floa
         return await as_device(request, lambda session, device, _: rollouts.assignment(session, device))
 
     @app.post("/api/v1/releases", status_code=201)
-    def new_release(body: NewRelease, operator: Operator, session: Db) -> dict[str, Any]:
+    def new_release(request: Request, body: NewRelease, operator: Operator, session: Db) -> dict[str, Any]:
         if session.scalar(select(Release).where(Release.name == body.name)) is not None:
             raise HTTPException(409, f"release {body.name!r} exists")
+        missing = unpublished(request.app.state.published, {str(k): v for k, v in body.targets.items()})
+        if missing:
+            raise HTTPException(409, "; ".join(missing))
         release = Release(name=body.name, targets=dict(body.targets), created=datetime.now(UTC),
                           created_by=operator.name)
         session.add(release)

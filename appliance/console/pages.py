@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from appliance.console import accounts, audit, rollouts, telemetry
 from appliance.console.authority import make_token
 from appliance.console.inventory import device_view, release_view, rollout_view, search
+from appliance.console.repository import unpublished
 from appliance.console.schema import AuditEntry, Device, DeviceEvent, Release, Rollout, User
 
 HERE = Path(__file__).resolve().parent
@@ -195,6 +196,9 @@ def add_release(request: Request, form: Form) -> Response:
             targets = parse_targets(form.get("targets", ""))
         except ValueError as exc:
             return _back(f"/rollouts?error={exc}")
+        missing = unpublished(request.app.state.published, targets)
+        if missing:
+            return _back(f"/rollouts?error={'; '.join(missing)}")
         if not name or session.scalar(select(Release).where(Release.name == name)) is not None:
             return _back(f"/rollouts?error=release name {name!r} is empty or taken")
         session.add(Release(name=name, targets=targets, created=datetime.now(UTC), created_by=user.name))
