@@ -21,7 +21,8 @@ from appliance.console.schema import DeviceEvent, Sample
 from appliance.fleet.enrolment import ConsoleLink, enrol
 from appliance.fleet.identity import load_or_make as device_key
 from appliance.fleet.state import AgentState
-from appliance.fleet.telemetry import Outbox, ProcessMeter, redact, scrub
+from appliance.fleet.telemetry import Outbox, ProcessMeter, Sampler, redact, scrub
+from appliance.voice.turns import TurnLatencies
 
 PASSWORD = "correct horse battery"
 
@@ -113,3 +114,13 @@ def test_a_device_reports_telemetry_the_console_keeps_shows_and_federates(tmp_pa
         client.cookies.set("console", viewer["Authorization"][7:])
         page = client.get(f"/devices/{key.id}").text
         assert 'data-metric="calls"' in page and "<polyline" in page and "call from [email] failed" in page
+
+
+def test_a_sample_carries_the_turn_latencies_since_the_last_one() -> None:
+    turns = TurnLatencies()
+    sampler = Sampler(turns)
+    turns.add(0.2)
+    turns.add(0.4)
+    first = sampler()
+    assert first["turn_latency_p50_ms"] == 400.0 and first["turns"] == 2 and "memory_mb" in first
+    assert "turns" not in sampler()  # no turn since

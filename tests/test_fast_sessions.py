@@ -19,6 +19,7 @@ from appliance.bot.flow import EXAMPLE_FLOW, load_flow
 from appliance.sessions import EchoBot
 from appliance.voice.conversation import Caption, Conversation, Flush, OutEvent, Speech
 from appliance.voice.endpoint import SpeechEnded, SpeechStarted
+from appliance.voice.turns import TurnLatencies
 from tests.support.fakes import FakeCallControl, FakeStack, FakeTts, ScriptedListener
 from tests.support.loop import checked_run
 
@@ -51,6 +52,28 @@ def test_a_turn_is_captioned_then_answered_word_by_word_in_order() -> None:
     assert [type(e) for e in out] == [Flush, SpeechStarted, SpeechEnded, Caption, Speech, Speech]
     assert [e.chunk.text for e in out if isinstance(e, Speech)] == ["hello", "there"]
     assert [e.first for e in out if isinstance(e, Speech)] == [True, False]
+
+
+def test_each_answered_turn_records_its_latency_once() -> None:
+    async def main() -> dict[str, float]:
+        conversation, _, (listener,) = echo_conversation(FakeTts(delay_s=0.05))
+        conversation.latencies = TurnLatencies()
+        for words in ("hello there", "and again"):
+            await listener.speak(words)
+            await conversation.drained()
+        await conversation.close()
+        return conversation.latencies.take()
+
+    figures = checked_run(main())
+    assert figures["turns"] == 2 and 50 <= figures["turn_latency_p50_ms"] <= figures["turn_latency_p95_ms"] < 1000
+
+
+def test_turn_latencies_are_taken_once() -> None:
+    turns = TurnLatencies()
+    for ms in range(1, 101):
+        turns.add(ms / 1000)
+    assert turns.take() == {"turn_latency_p50_ms": 51.0, "turn_latency_p95_ms": 96.0, "turns": 100.0}
+    assert turns.take() == {}
 
 
 def test_speech_over_the_answer_flushes_it_and_drops_the_rest() -> None:

@@ -1,7 +1,7 @@
-"""Telemetry from the device to its console: samples (numbers: live calls, memory, CPU, models loaded, update
-errors, and any the caller measures) and events, batched, redacted of personal data *before* they are written
-to disk, and kept in a bounded on-disk outbox while the console cannot be reached: past ``max_bytes`` the
-oldest batches are dropped and counted, and the count goes with the next upload.
+"""Telemetry from the device to its console: samples (numbers: live calls, memory, CPU, turn latency p50/p95,
+models loaded, update errors, and any the caller measures) and events, batched, redacted of personal data
+*before* they are written to disk, and kept in a bounded on-disk outbox while the console cannot be reached:
+past ``max_bytes`` the oldest batches are dropped and counted, and the count goes with the next upload.
 
 Redaction: phone numbers (7 to 15 digits with the usual separators, a + or not; ISO dates are left alone) and
 e-mail addresses become ``[phone]`` and ``[email]`` in every string (over-redacting a long dotted version
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config.files import write_atomic
+from appliance.voice.turns import TURNS, TurnLatencies
 
 PHONE = re.compile(r"(?<![\w@.])(?!\d{4}-\d\d-\d\d)\+?\(?\d(?:[\s().-]{0,2}\d){6,14}(?![\w@])")
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -123,3 +124,14 @@ def sample(values: dict[str, Any]) -> dict[str, Any]:
     """One sample: the numeric values only, with the time."""
     numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return {"at": time.time(), "values": numbers}
+
+
+class Sampler:
+    """The numbers a device measures itself for each sample: its process's memory and CPU, and the turn
+    latencies (p50/p95) of the conversations since the previous sample."""
+
+    def __init__(self, turns: TurnLatencies = TURNS) -> None:
+        self.meter, self.turns = ProcessMeter(), turns
+
+    def __call__(self) -> dict[str, float]:
+        return {**self.meter.read(), **self.turns.take()}

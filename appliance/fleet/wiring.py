@@ -20,7 +20,7 @@ from appliance.fleet.events import EventLog
 from appliance.fleet.identity import load_or_make
 from appliance.fleet.install import Hooks, Installer
 from appliance.fleet.state import AgentState
-from appliance.fleet.telemetry import Outbox, ProcessMeter
+from appliance.fleet.telemetry import Outbox, Sampler
 from appliance.models import ModelStore
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ def open_agent(settings: Settings, store: ModelStore, hooks: Hooks, profile: str
     if console is not None:
         link = ConsoleLink(str(console["url"]), load_or_make(data_root()), http,
                            facts or (lambda: {"profile": profile, "version": __version__}),
-                           Outbox(folder / "outbox", conf.telemetry_max_bytes), ProcessMeter().read,
-                           conf.share_transcripts)
+                           Outbox(folder / "outbox", conf.telemetry_max_bytes), Sampler(), conf.share_transcripts)
     return Agent(client, installer, state, events, device, Schedule(conf.interval_s, conf.jitter, conf.backoff_max_s),
                  link)

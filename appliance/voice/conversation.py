@@ -17,6 +17,7 @@ import numpy as np
 from appliance.voice.endpoint import SpeechEnded, SpeechResumed, SpeechStarted
 from appliance.voice.listener import Listener, ListenerEvent, Transcript
 from appliance.voice.tts import StreamingTts, TtsChunk
+from appliance.voice.turns import TURNS
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Conversation:
         self._speaker = asyncio.create_task(self._speak_loop(), name="conversation-speaker")
         self.barge_ins = 0
         self._starts = 0  # SpeechStarted events seen: an answer made while the user started again is stale
+        self._ended_at: float | None = None  # when the last turn was confirmed over, until its answer sounds
+        self.latencies = TURNS
 
     async def feed(self, samples: np.ndarray) -> None:
         await self.listener.feed(samples)
@@ -121,6 +124,7 @@ class Conversation:
         elif isinstance(event, SpeechResumed):
             self._drop_prepared()
         elif isinstance(event, SpeechEnded):
+            self._ended_at = time.monotonic()
             await self.output(event)
         elif event.provisional:
             text = self.predict(event) if self.predict else None
@@ -190,6 +194,12 @@ class Conversation:
             finally:
                 self._queue.task_done()
 
+    async def _emit(self, speech: Speech) -> None:
+        if speech.first and self._ended_at is not None:  # the answer to the turn that just ended: its latency
+            self.latencies.add(speech.produced_at - self._ended_at)
+            self._ended_at = None
+        await self.output(speech)
+
     async def _speak(self, utterance: int, text: str, prepared: _Prepared | None) -> None:
         first = True
         stream: AsyncGenerator[TtsChunk, None] | None = None
@@ -200,13 +210,13 @@ class Conversation:
                 stream = None
             else:
                 if chunk is not None:
-                    await self.output(Speech(chunk, utterance, True, time.monotonic()))
+                    await self._emit(Speech(chunk, utterance, True, time.monotonic()))
                     first = False
         if stream is None:
             stream = self.tts.stream(text)
         try:
             async for chunk in stream:
-                await self.output(Speech(chunk, utterance, first, time.monotonic()))
+                await self._emit(Speech(chunk, utterance, first, time.monotonic()))
                 first = False
         finally:
             await stream.aclose()
