@@ -231,3 +231,24 @@ def test_concurrent_audit_appends_keep_one_chain(database: str) -> None:
     with transaction(sessions) as session:
         assert audit.check(session) == [] and len(list(session.scalars(select(AuditEntry)))) == 80
     sessions.kw["bind"].dispose()
+
+
+def test_the_agent_cli_enrols_and_reports_to_a_running_console(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.support.console import Console
+
+    with Console(tmp_path / "console") as console:
+        admin = console.token("admin")
+        token = httpx.post(f"{console.url}/api/v1/enrolment-tokens", json={"group": "lobby"}, headers=admin).json()
+        env = {"STATE_DIRECTORY": str(tmp_path / "data"), "APPLIANCE_FLEET__CONSOLE": console.url}
+        done = appliance("agent", "enrol", "--token", token["token"], env=env)
+        assert done.returncode == 0 and "enrolled at" in done.stdout, done.stderr
+        device_id = done.stdout.split()[-1]
+        assert appliance("agent", "report", env=env).returncode == 0
+        shown = httpx.get(f"{console.url}/api/v1/devices/{device_id}", headers=admin).json()
+        assert shown["group"] == "lobby" and shown["report"]["hardware"]["cpu"]["cores"] >= 1
+        assert "health" not in shown["report"] and shown["report"]["installed"] == {"model": {}, "config": {},
+                                                                                     "firmware": {}}
+        again = appliance("agent", "enrol", "--token", token["token"], env=env)
+        assert again.returncode != 0 and "used already" in again.stderr

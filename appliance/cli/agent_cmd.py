@@ -79,18 +79,21 @@ def enrol(ctx: typer.Context, url: str = typer.Argument(None, help="The console'
 @app.command()
 def report(ctx: typer.Context) -> None:
     """Send this device's inventory (profile, version, installed targets, agent state) to the console."""
+    from dataclasses import asdict
+
     import httpx
 
-    from appliance import __version__
     from appliance.config.paths import data_root
     from appliance.fleet.enrolment import report as do
     from appliance.fleet.identity import load_or_make
     from appliance.fleet.state import AgentState
+    from appliance.services.agent import inventory_facts
 
     url, fleet_state = _console(ctx, None)
     agent_state = AgentState(fleet_state)
-    inventory = {"profile": ctx.obj.device.match.profile.name, "version": __version__,
-                 "installed": agent_state.installed(), "agent": agent_state.status().__dict__}
+    inventory = {**inventory_facts(ctx.obj.device, None, 0),  # the running appliance's health is not known here
+                 "installed": agent_state.installed(), "refused": sorted(agent_state.refused()),
+                 "agent": asdict(agent_state.status())}
     with httpx.Client(timeout=ctx.obj.settings.fleet.timeout_s) as client:
         do(url, load_or_make(data_root()), inventory, client)
     typer.echo(f"reported to {url}")

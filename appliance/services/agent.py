@@ -62,6 +62,20 @@ def slot_writer() -> SlotWriter | None:
     return write
 
 
+def inventory_facts(device: Device, health: str | None, calls: int) -> dict[str, Any]:
+    """What the console's inventory shows of this device, sent with each report (no personal data): profile,
+    version, slot, health (None: not known here, left out), live calls, the models loaded and the runtime each
+    runs on, and the hardware."""
+    from appliance import __version__
+    from appliance.image.firmware import booted_slot
+
+    hardware = device.report.model_dump(mode="json", exclude={"pci"})
+    facts = {"profile": device.match.profile.name, "version": __version__, "health": health, "calls": calls,
+             "slot": booted_slot(), "models": dict(device.loaded),
+             "runtimes": {m: s.winner for m, s in device.selections.items()}, "hardware": hardware}
+    return {k: v for k, v in facts.items() if not (k == "health" and v is None)}
+
+
 def standalone_hooks(device: Device) -> Hooks:
     """For `appliance agent poll` outside `appliance run`: nothing to reload, models checked on the device."""
     return Hooks(smoke=device.trial, health=lambda job: model_health(device, job), slot_writer=slot_writer())
@@ -153,13 +167,7 @@ class AgentTask(TaskService):
         return problem or model_health(self.device, job)
 
     def _facts(self) -> dict[str, Any]:
-        """What the console's inventory shows of this device, sent with each report (no personal data)."""
-        from appliance import __version__
-        from appliance.image.firmware import booted_slot
-
-        problem = self._services_ready()
-        return {"profile": self.device.match.profile.name, "version": __version__, "health": problem or "ok",
-                "calls": self._live(), "models": dict(self.device.loaded), "slot": booted_slot()}
+        return inventory_facts(self.device, self._services_ready() or "ok", self._live())
 
     def health(self) -> dict[str, Any]:
         if self.agent is None:
