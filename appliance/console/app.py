@@ -90,10 +90,13 @@ Db = Annotated[Session, Depends(db)]
 
 
 def role(needed: str) -> Callable[..., User]:
-    def check(request: Request, session: Db) -> User:
+    def check(request: Request) -> User:
         header = request.headers.get("authorization", "")
         token = header[7:] if header.lower().startswith("bearer ") else request.cookies.get("console", "")
-        user = accounts.user_for_token(session, token) if token else None
+        user = None
+        if token:  # a session of its own, closed here: no connection is held while the route waits for a thread
+            with request.app.state.sessions() as session:
+                user = accounts.user_for_token(session, token)
         if user is None:
             raise HTTPException(401, "sign in: a bearer token is needed", {"WWW-Authenticate": "Bearer"})
         if accounts.rank(user.role) < accounts.rank(needed):
