@@ -25,6 +25,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.bench.postgres import BIN, postgres_server
+from appliance.bench.procs import stop
 from appliance.console.authority import enrol, load_or_make, make_token
 from appliance.console.db import open_database, transaction
 from appliance.errors import ApplianceError
@@ -127,12 +128,7 @@ def one(url: str, state: Path, devices: int, interval_s: float, seconds: float) 
         spent = os.times()  # the simulated devices' own share of this machine (they run beside the console)
         figures["devices_cpu"] = round((spent.user + spent.system - mine.user - mine.system) / figures["wall_s"], 2)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop(proc)
     logged = (state / "console.log").read_text(errors="replace")
     figures["console_errors_logged"] = logged.count("Traceback")
     return figures

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from appliance.bench.procs import stop
 from appliance.errors import ApplianceError
 
 BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None) \
@@ -55,8 +56,4 @@ def postgres_server(work: Path, database: str = "console") -> Iterator[str]:
                        capture_output=True, timeout=60)
         yield f"postgresql+psycopg://postgres@/{database}?host={sock}"
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)

@@ -1,10 +1,13 @@
-"""Processes seen through /proc for the benchmarks: memory (RSS, its peak, PSS), liveness, descendants, and the
-members of a session (what an `appliance run` spawned with start_new_session may leave behind)."""
+"""Processes seen through /proc for the benchmarks: memory (RSS, its peak, PSS), liveness, descendants, the
+members of a session (what an `appliance run` spawned with start_new_session may leave behind); and stopping
+a child for good."""
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from pathlib import Path
+from typing import Any
 
 from appliance.supervisor.memory import parse_meminfo
 
@@ -57,3 +60,13 @@ def session_members(leaders: set[int]) -> set[int]:
     start_new_session, so both ids are the leader's pid)."""
     ids = {str(pid) for pid in leaders}
     return {p for p, f in processes().items() if len(f) > 3 and f[0] != "Z" and (f[2] in ids or f[3] in ids)}
+
+
+def stop(proc: subprocess.Popen[Any], timeout_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout_s``; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)
