@@ -16,8 +16,10 @@
 Each step's output is kept under ``cache/<board>/<step>-<hash>`` (the wheelhouse: ``cache/wheels-<arch>-<hash>``,
 shared by the boards of an architecture) where the hash covers the step's inputs (the board
 file, the package list, the locks, this checkout's code and units, the previous step), so a rebuild after a
-code change redoes only the last step and the image. Steps run as root (mmdebstrap's root mode, chroot,
-ownership in the tree).
+code change redoes only the last step and the image. Only what a later build can start from is kept: the venv
+step takes the Debian tree over (mmdebstrap runs again only when the venv must be remade) and the partitions
+step keeps its partition files, kernel, initrd and a list of the tree's contents, not the tree (a few GB less
+per board). Steps run as root (mmdebstrap's root mode, chroot, ownership in the tree).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from appliance.image.steps import BuildError, cached, files_key, key, run
 
 __all__ = ["BuildError", "Built", "build", "check_emulation", "packages"]
 
-RECIPE = 2  # bump when a step's recipe changes: every cached step is rebuilt
+RECIPE = 3  # bump when a step's recipe changes: every cached step is rebuilt
 BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "systemd-boot", "initramfs-tools", "e2fsprogs",
                  "dosfstools", "ca-certificates", "iproute2")
 MIRROR = "http://deb.debian.org/debian"
@@ -104,20 +106,27 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
                      *sources], log)
 
     check_emulation(board)
-    step("Debian tree (mmdebstrap)")
-    tree_dir = cached(cache, "tree", key(RECIPE, board_key, wanted), tree) / "root"
+    tree_key = key(RECIPE, board_key, wanted)
+    tree_dir = cache / f"tree-{tree_key}" / "root"
 
-    step("wheelhouse")
-    wheels = cached(shared, f"wheels-{board.arch}", key(RECIPE, board.arch, files_key(*locks), board.python_without,
-                                         tree_dir if board.foreign else ""),  # a foreign tree compiles the sdists
-                    lambda work: _wheelhouse(project, work, board, tree_dir, log)) / "wheelhouse"
+    def debian_tree() -> Path:
+        step("Debian tree (mmdebstrap)")
+        return cached(cache, "tree", tree_key, tree) / "root"
+
+    step("wheelhouse")  # keys are made of keys, not paths: a cache named by a relative path is the same cache
+    wheels_key = key(RECIPE, board.arch, files_key(*locks), board.python_without,
+                     tree_key if board.foreign else "")  # a foreign tree compiles the sdists
+    wheels = cached(shared, f"wheels-{board.arch}", wheels_key,
+                    lambda work: _wheelhouse(project, work, board, debian_tree(), log)) / "wheelhouse"
 
     def venv(work: Path) -> None:
-        run("venv", ["cp", "-a", "--reflink=auto", str(tree_dir), str(work / "root")], log)
+        shutil.move(debian_tree(), work / "root")  # the tree is used up: only the venv step's output is kept
+        shutil.rmtree(tree_dir.parent)
         system.install_venv(work / "root", wheels, log)
 
     step("the appliance's packages (venv)")
-    venv_dir = cached(cache, "venv", key(RECIPE, tree_dir, wheels), venv) / "root"
+    venv_key = key(RECIPE, tree_key, wheels_key)
+    venv_dir = cached(cache, "venv", venv_key, venv) / "root"
     units = project / "images" / "systemd"
 
     def parts(work: Path) -> None:
@@ -129,10 +138,15 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
         if board.kiosk:
             screen.configure(root, units, log)
         _partition_files(board, root, work)
+        (work / "boot").mkdir()
+        for path in _boot_files(root):
+            shutil.copy2(path, work / "boot" / path.name)
+        (work / "contents.json").write_text(json.dumps(_contents(root)))
+        shutil.rmtree(root)  # gigabytes, and in root-a.part already
 
     step("appliance, models, system and partitions")
     code = files_key(project / "appliance", project / "pyproject.toml", units)
-    part_dir = cached(cache, "parts", key(RECIPE, board_key, venv_dir, code, SLOT_MARKER, SLOT_MARKER_SCRIPT,
+    part_dir = cached(cache, "parts", key(RECIPE, board_key, venv_key, code, SLOT_MARKER, SLOT_MARKER_SCRIPT,
                                           _options(board)), parts)
 
     step("image, block map, bundle")
@@ -140,7 +154,7 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     files = {name: part_dir / f"{name}.part" for name in ("esp", "root-a", "root-b", "data")}
     assemble(image, board, files)
     block_map = bmap(image)
-    kernel, initrd = _boot_files(part_dir / "root")
+    kernel, initrd = _boot_files(part_dir)
     slot_root = out / f"{board.name}.root.ext4"  # the root filesystem shrunk to its content, for the bundle
     run("bundle", ["cp", "--sparse=always", str(files["root-a"]), str(slot_root)], log)
     run("bundle", ["e2fsck", "-fy", str(slot_root)], log)
@@ -148,7 +162,9 @@ def build(board: Board, out: Path, cache: Path, extra: tuple[str, ...] = (), ste
     bundle = make_bundle(out / f"{board.name}.bundle", board.name, 2, slot_root, kernel, initrd, _options(board))
     slot_root.unlink()
     manifest = out / f"{board.name}.manifest.json"
-    manifest.write_text(json.dumps(_manifest(board, part_dir / "root", image, bundle), indent=1))
+    contents = json.loads((part_dir / "contents.json").read_text())
+    manifest.write_text(json.dumps({"board": board.name, "recipe": RECIPE, "image": image.name, "bundle": bundle.name,
+                                    **contents, "python_without": board.python_without}, indent=1))
     return Built(image, block_map, bundle, manifest)
 
 
@@ -195,7 +211,9 @@ def _appliance_wheel(project: Path, work: Path, log: Path) -> Path:
     return found[-1]
 
 
-def _manifest(board: Board, root: Path, image: Path, bundle: Path) -> dict[str, object]:
+def _contents(root: Path) -> dict[str, list[str] | dict[str, dict[str, str]]]:
+    """What the tree holds, for the manifest: Debian packages, models with their files' sha256s, Python
+    distributions."""
     dpkg = subprocess.run(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W",
                            "-f=${Package}=${Version}\\n"], capture_output=True, text=True).stdout.split()
     models = {}
@@ -204,8 +222,7 @@ def _manifest(board: Board, root: Path, image: Path, bundle: Path) -> dict[str, 
         models[link.name] = {f["name"]: f["sha256"] for f in tree["files"]}
     site = next((root / system.VENV.lstrip("/") / "lib").glob("python3*/site-packages"))
     python = sorted(p.name.removesuffix(".dist-info") for p in site.glob("*.dist-info"))
-    return {"board": board.name, "recipe": RECIPE, "image": image.name, "bundle": bundle.name,
-            "packages": sorted(dpkg), "python": python, "python_without": board.python_without, "models": models}
+    return {"packages": sorted(dpkg), "python": python, "models": models}
 
 
 def _options(board: Board) -> str:
@@ -239,6 +256,7 @@ def _make_system(board: Board, root: Path) -> None:
 
 
 def _boot_files(root: Path) -> tuple[Path, Path]:
+    """The kernel and initrd in ``root``'s /boot (a tree, or a parts step's output)."""
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     initrds = sorted((root / "boot").glob("initrd.img-*"))
     if not kernels or not initrds:
@@ -261,5 +279,5 @@ def _partition_files(board: Board, root: Path, work: Path) -> None:
     for spec in board.layout:
         make_filesystem(spec, work / f"{spec.name}.part", trees[spec.name], derived_uuid(board.name, spec.name, "fs"))
     (root / "var").rmdir()
-    shutil.move(var, root / "var")  # back in the cached tree: the manifest reads its package list
+    shutil.move(var, root / "var")  # back in the tree: the manifest reads its package list
     shutil.rmtree(esp)
