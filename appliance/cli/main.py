@@ -25,6 +25,7 @@ from appliance.cli import (
     serve_cmd,
     sip_cmd,
     status_cmd,
+    upstream_cmd,
     voice_cmd,
 )
 from appliance.cli.state import CliState
@@ -47,6 +48,7 @@ app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(firmware_cmd.app, name="firmware")
 app.add_typer(image_cmd.app, name="image")
 app.add_typer(console_cmd.app, name="console")
+app.add_typer(upstream_cmd.app, name="upstream")
 app.command("run")(run_cmd.run_command)
 app.command("status")(status_cmd.status)
 app.command("serve")(run_cmd.serve)

@@ -38,7 +38,11 @@ def first_key(keys: KeyStore) -> None:
 @keys_app.command("create")
 def create(ctx: typer.Context, name: str = typer.Argument(..., help="Who or what the key is for.")) -> None:
     """Create a key and print it once; only its hash is kept."""
-    key, token = key_store(ctx.obj.settings).create(name)
+    print_new_key(key_store(ctx.obj.settings), name)
+
+
+def print_new_key(keys: KeyStore, name: str) -> None:
+    key, token = keys.create(name)
     console.print(f"key {key.id} ({name}):")
     typer.echo(token)
 
@@ -61,12 +65,16 @@ def link(ctx: typer.Context, name: str = typer.Argument(..., help="The name of t
 @keys_app.command("list")
 def list_keys(ctx: typer.Context) -> None:
     """Every key: id, name, created, revoked (never the key itself)."""
+    print_keys(key_store(ctx.obj.settings))
+
+
+def print_keys(keys: KeyStore) -> None:
     import datetime
 
     table = Table()
     for col in ("id", "name", "created", "state"):
         table.add_column(col)
-    for key in key_store(ctx.obj.settings).list():
+    for key in keys.list():
         created = datetime.datetime.fromtimestamp(key.created).isoformat(timespec="seconds")
         table.add_row(key.id, key.name, created, "[red]revoked[/]" if key.revoked else "active")
     console.print(table)
@@ -75,5 +83,9 @@ def list_keys(ctx: typer.Context) -> None:
 @keys_app.command("revoke")
 def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id (see keys list).")) -> None:
     """Revoke a key: requests with it get 403 from now on."""
-    key = key_store(ctx.obj.settings).revoke(key_id)
+    print_revoked(key_store(ctx.obj.settings), key_id)
+
+
+def print_revoked(keys: KeyStore, key_id: str) -> None:
+    key = keys.revoke(key_id)
     console.print(f"revoked {key.id} ({key.name})")

@@ -263,6 +263,23 @@ class ConsoleSettings(_Section):
     )
 
 
+class UpstreamTierSettings(_Section):
+    """`appliance upstream serve`: the datacenter tier a site runs on its own server (never on a device)."""
+
+    host: str = Field("127.0.0.1", description="Address `appliance upstream serve` listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the upstream tier's OpenAI-compatible API.")
+    models: list[str] = Field(
+        default_factory=lambda: ["smollm2-135m-instruct"],
+        description="Chat models served (catalog ids of task llm, provisioned in the model store); the first "
+        "answers requests for 'default' or an unknown name.")
+    state_dir: Path | None = Field(None, description="The tier's API keys and server logs; default DATA/upstream.")
+    threads: int = Field(2, ge=1, le=256, description="CPU threads of each llama.cpp server.")
+    context: int = Field(2048, ge=256, le=131072, description="Context window (tokens) of each chat model.")
+    parallel: int = Field(2, ge=1, le=64, description="Requests each chat model decodes at once (its slots).")
+    rate_per_minute: int = Field(60, ge=1, description="Requests per minute per API key (bursts as large).")
+    tokens_per_day: int = Field(200_000, ge=1, description="Prompt and completion tokens per API key per day.")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
@@ -286,6 +303,8 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings, description="`appliance run`.")
     fleet: FleetSettings = Field(default_factory=FleetSettings, description="Signed updates (the update agent).")
     console: ConsoleSettings = Field(default_factory=ConsoleSettings, description="The fleet console's server.")
+    upstream_tier: UpstreamTierSettings = Field(default_factory=UpstreamTierSettings,
+                                                description="`appliance upstream serve` (the datacenter tier).")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod

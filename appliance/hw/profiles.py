@@ -15,8 +15,8 @@ from appliance.config.paths import shipped
 from appliance.errors import ApplianceError
 from appliance.hw.report import AcceleratorKind, HardwareReport
 
-Task = Literal["asr", "tts", "vad", "mt", "speaker"]
-TASKS: tuple[Task, ...] = ("asr", "tts", "vad", "mt", "speaker")
+Task = Literal["asr", "tts", "vad", "mt", "speaker", "llm"]  # llm: served by the upstream tier, not on a device
+TASKS: tuple[Task, ...] = ("asr", "tts", "vad", "mt", "speaker")  # what a device runs: every profile lists them
 DEFAULT_PROFILES_DIR = shipped("hw")
 
 
