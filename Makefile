@@ -61,9 +61,9 @@ $(STAMP):
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PIP) install -q --require-hashes -r requirements/build.txt
 	$(PIP) install -q --require-hashes --no-build-isolation -r requirements/lock.txt
-	$(PIP) install -q --require-hashes --no-deps -r requirements/nodeps.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) check
+	$(PIP) install -q --require-hashes --no-deps -r requirements/nodeps.txt  # after the check: see nodeps.in
 	touch $@
 
 # The converter venv holds onnx2tf and TensorFlow, used only to build derived model variants (TFLite).

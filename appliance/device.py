@@ -19,6 +19,7 @@ from appliance.models import Catalog, ModelStore, default_store_path, load_catal
 from appliance.models.residency import Lease, ModelPool, Pinned
 from appliance.models.store import ModelFiles
 from appliance.runtime import Backend, BackendContext, Selection, allocator, make_backends, select
+from appliance.runtime.routes import Routes
 from appliance.voice.asr import WhisperAsr
 from appliance.voice.endpoint import EndpointOptions
 from appliance.voice.mt import BergamotTranslator, Translator, UpstreamTranslator
@@ -42,6 +43,7 @@ class Device:
     backends: dict[str, Backend]
     threads: int
     pool: ModelPool = field(init=False)
+    routes: Routes = field(init=False)  # the upstream routes and their breakers, one set for the process
     selections: dict[str, Selection] = field(default_factory=dict)
     loaded: dict[str, str] = field(default_factory=dict)  # model id -> the version (digest) last loaded
     _held: ExitStack = field(default_factory=ExitStack)
@@ -57,6 +59,7 @@ class Device:
         device = cls(settings, report, match, load_catalog(settings.models.catalog), store, backends, threads)
         budget_mb = settings.runtime.memory_budget_mb or match.profile.memory_budget_mb
         device.pool = ModelPool(device.load, lambda m: device.catalog.get(m).size, budget_mb << 20)
+        device.routes = Routes(settings.upstream)
         return device
 
     @property
@@ -130,10 +133,7 @@ class Device:
         bergamot = [self.lease(m.id) for m in available if m.kind == "bergamot"]
         if bergamot:
             translators.append(BergamotTranslator(bergamot))
-        upstream = self.settings.upstream
-        if upstream.base_url:
-            key = upstream.api_key.get_secret_value() if upstream.api_key else None
-            translators.append(UpstreamTranslator(upstream.base_url, key, timeout_s=upstream.timeout_s))
+        translators.append(UpstreamTranslator(self.routes))  # serves a pair only while a route takes it
         vad_session = None
         if vad is not None:
             try:

@@ -17,7 +17,9 @@ from appliance.bot.flow import EXAMPLE_FLOW, Flow, FlowError, load_flow, parse_f
 from appliance.bot.intents import IntentMatcher, parse_date, parse_digits, parse_number, yes_no
 from appliance.bot.routing import FlowRouter
 from appliance.calls import CallInfo, NotReady
-from appliance.config.settings import BotSettings, UpstreamSettings
+from appliance.config.settings import BotSettings
+from appliance.config.upstream import UpstreamSettings
+from appliance.runtime.routes import Routes
 from appliance.voice.readiness import VoiceModels
 
 TUESDAY_10 = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)  # London is on GMT: open
@@ -250,7 +252,7 @@ def test_router_defaults_to_the_shipped_example(tmp_path: Path) -> None:
     other = tmp_path / "sales.yaml"
     other.write_text(EXAMPLE_FLOW.read_text().replace("name: example", "name: sales", 1))
     settings = BotSettings(variables={"agent": "sip:7@pbx"}, routes={"200": other}, records_dir=tmp_path / "calls")
-    router = FlowRouter(settings, UpstreamSettings(), VoiceModels())
+    router = FlowRouter(settings, Routes(UpstreamSettings()), VoiceModels())
     assert EXAMPLE_FLOW.is_file() and router.default.variables["agent"] == "sip:7@pbx"
     assert router.flow_for("200").name == "sales" and router.flow_for("999") is router.default
     with pytest.raises(NotReady):  # no voice stack yet: the phone answers 503
@@ -260,7 +262,7 @@ def test_router_defaults_to_the_shipped_example(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\ngreeting: hi\nstart: nowhere\nsteps: {a: {say: hi, hangup: true}}\n")
     with pytest.raises(FlowError):
-        FlowRouter(BotSettings(flow=broken, records_dir=tmp_path / "calls"), UpstreamSettings(), VoiceModels())
+        FlowRouter(BotSettings(flow=broken, records_dir=tmp_path / "calls"), Routes(UpstreamSettings()), VoiceModels())
 
 
 # --- bad flows ---------------------------------------------------------------------------------------------------

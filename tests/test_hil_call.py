@@ -13,7 +13,9 @@ import pytest
 from appliance.audio.resample import resample
 from appliance.bench.text import normalise
 from appliance.bot.routing import FlowRouter
-from appliance.config.settings import BotSettings, UpstreamSettings
+from appliance.config.settings import BotSettings
+from appliance.config.upstream import UpstreamSettings
+from appliance.runtime.routes import Routes
 from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.asr import AsrOptions
 from appliance.voice.readiness import VoiceModels
@@ -26,7 +28,7 @@ needs_sipp = pytest.mark.skipif(SIPP is None, reason="needs sipp (Debian sip-tes
 
 @needs_sipp
 def test_the_greeting_call_hears_the_flow_greeting(stack: VoiceStack, tmp_path: Path) -> None:
-    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), UpstreamSettings(), VoiceModels.of(stack))
+    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), Routes(UpstreamSettings()), VoiceModels.of(stack))
 
     async def run() -> np.ndarray:
         phone = Phone(PhoneOptions(host="127.0.0.1", port=0, rtp_ports=(31400, 31600)), router)

@@ -20,7 +20,9 @@ from appliance.bot.flow import EXAMPLE_FLOW
 from appliance.bot.records import CallStore
 from appliance.bot.routing import FlowRouter
 from appliance.calls import CallInfo
-from appliance.config.settings import BotSettings, UpstreamSettings
+from appliance.config.settings import BotSettings
+from appliance.config.upstream import UpstreamSettings
+from appliance.runtime.routes import Routes
 from appliance.sip.message import Response, parse
 from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.readiness import VoiceModels
@@ -74,7 +76,7 @@ def run_calls(stack: VoiceStack, tmp: Path, script: Path, options: PhoneOptions 
               during: Any = None) -> tuple[Phone, CallStore]:
     settings = BotSettings(flow=always_open(tmp), records_dir=tmp / "calls", variables={"agent": "sip:200@127.0.0.1"},
                            record_audio=True)
-    router = FlowRouter(settings, UpstreamSettings(), VoiceModels.of(stack))
+    router = FlowRouter(settings, Routes(UpstreamSettings()), VoiceModels.of(stack))
 
     async def run() -> Phone:
         phone = Phone(options or PhoneOptions(host="127.0.0.1", port=0, rtp_ports=(32000, 32200)), router)
@@ -154,5 +156,5 @@ def test_beyond_capacity_a_call_gets_503_with_retry_after(stack: VoiceStack, tmp
 
 
 def test_router_is_what_the_phone_calls(stack: VoiceStack, tmp_path: Path) -> None:
-    router = FlowRouter(BotSettings(records_dir=tmp_path), UpstreamSettings(), VoiceModels.of(stack))
+    router = FlowRouter(BotSettings(records_dir=tmp_path), Routes(UpstreamSettings()), VoiceModels.of(stack))
     assert router(CallInfo("c", "sip:a@b", "anything")) is not None and router.default.name == "example"

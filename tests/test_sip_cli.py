@@ -14,8 +14,10 @@ from appliance.api.context import ApiServices
 from appliance.api.keys import KeyStore
 from appliance.api.threaded import ThreadedServer as Server
 from appliance.bot.routing import FlowRouter
-from appliance.config.settings import ApiSettings, BotSettings, SipSettings, UpstreamSettings
+from appliance.config.settings import ApiSettings, BotSettings, SipSettings
+from appliance.config.upstream import UpstreamSettings
 from appliance.models import ModelStore
+from appliance.runtime.routes import Routes
 from appliance.sip.service import SipService
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
@@ -63,7 +65,7 @@ def test_status_of_the_running_service(stack: VoiceStack, tmp_path: Path) -> Non
     keys = KeyStore(tmp_path / "keys.json")
     _, token = keys.create("cli")
     services = ApiServices(ApiSettings(), keys, VoiceModels.of(stack), list)
-    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), UpstreamSettings(), services.models)
+    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), Routes(UpstreamSettings()), services.models)
     services.sip = SipService(SipSettings(host="127.0.0.1", port=0), router)
     with Server(services) as server:
         proc = appliance("sip", "status", "--url", server.url, "--key", token)

@@ -16,7 +16,9 @@ from appliance.audio.resample import resample
 from appliance.bench.text import normalise
 from appliance.bot.calls import announcement_factory
 from appliance.bot.routing import FlowRouter
-from appliance.config.settings import BotSettings, UpstreamSettings
+from appliance.config.settings import BotSettings
+from appliance.config.upstream import UpstreamSettings
+from appliance.runtime.routes import Routes
 from appliance.sip.digest import DigestClient
 from appliance.sip.outbound import Registration
 from appliance.sip.phone import Phone, PhoneOptions
@@ -43,7 +45,7 @@ def phone_options() -> PhoneOptions:
 
 @needs_peers
 def test_baresip_calls_in_and_hears_the_bot(stack: VoiceStack, tmp_path: Path) -> None:
-    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), UpstreamSettings(), VoiceModels.of(stack))
+    router = FlowRouter(BotSettings(records_dir=tmp_path / "calls"), Routes(UpstreamSettings()), VoiceModels.of(stack))
 
     async def run() -> Path:
         phone = Phone(phone_options(), router)

@@ -9,7 +9,9 @@ import pytest
 
 from appliance.audio import resample
 from appliance.bench.text import normalise, wer
+from appliance.config.upstream import UpstreamSettings
 from appliance.errors import ApplianceError
+from appliance.runtime.routes import Routes
 from appliance.voice.asr import AsrOptions
 from appliance.voice.mt import UnsupportedPair, UpstreamTranslator
 from appliance.voice.stack import VoiceStack
@@ -92,10 +94,13 @@ def test_unsupported_pair_lists_what_is_supported(stack: VoiceStack) -> None:
 
 
 def test_unreachable_upstream_is_a_clear_error() -> None:
-    upstream = UpstreamTranslator("http://127.0.0.1:9/v1", "sk-secret", timeout_s=1.0)
+    routes = Routes(UpstreamSettings(base_url="http://127.0.0.1:9/v1", api_key="sk-secret", timeout_s=1.0))
+    upstream = UpstreamTranslator(routes)
+    assert upstream.supports("fr", "de")  # the default route: any pair no device model serves
     with pytest.raises(ApplianceError, match="upstream translator at http://127.0.0.1:9/v1 failed") as err:
         upstream.translate("hello", "en", "pt")
     assert "sk-secret" not in str(err.value)
+    assert not UpstreamTranslator(Routes(UpstreamSettings())).supports("fr", "de")  # no upstream: no pair
 
 
 def test_resampled_output_for_transports(stack: VoiceStack) -> None:

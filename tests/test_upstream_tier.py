@@ -18,17 +18,21 @@ import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 
 from appliance.api.keys import KeyStore
 from appliance.bot.engine import Action, FlowEngine, Listen, Say
 from appliance.bot.flow import parse_flow
 from appliance.bot.upstream import LlmClient, UpstreamOptions
+from appliance.config.upstream import UpstreamSettings
+from appliance.runtime.routes import Routes
 from appliance.upstream.gateway import Gateway, Quota, make_app
 from appliance.upstream.llama import LlamaServer, free_port
+from appliance.voice.mt import MtRouter, UnsupportedPair, UpstreamTranslator
 from tests.support.cli import appliance
 from tests.test_bot_upstream import FAQ
 
-MODEL = "smollm2-135m-instruct"
+MODEL, SECOND = "smollm2-135m-instruct", "gemma3-270m"
 
 
 @dataclass
@@ -66,9 +70,9 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     port = free_port()
     config = tmp / "appliance.toml"
     config.write_text(f'[models]\nstore = "{tmp / "store"}"\n[upstream_tier]\nport = {port}\n'
-                      f'state_dir = "{tmp / "tier"}"\nrate_per_minute = 600\n')
+                      f'state_dir = "{tmp / "tier"}"\nrate_per_minute = 600\nmodels = ["{MODEL}", "{SECOND}"]\n')
     env = {**os.environ, "APPLIANCE_CONFIG": str(config)}
-    pulled = appliance("models", "pull", MODEL, env=env)
+    pulled = appliance("models", "pull", MODEL, SECOND, env=env)
     assert pulled.returncode == 0, pulled.stderr
     made = appliance("upstream", "key", "create", "site-leeds", env=env)
     assert made.returncode == 0, made.stderr
@@ -82,12 +86,12 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
 
 def test_the_tier_answers_the_openai_sdk_with_keys_and_metrics(tier: Tier) -> None:
     health = httpx.get(f"{tier.url}/health", timeout=10).json()  # health needs no key
-    assert health == {"status": "ok", "models": {MODEL: True}}
+    assert health == {"status": "ok", "models": {MODEL: True, SECOND: True}}
     assert httpx.get(f"{tier.url}/v1/models", timeout=10).status_code == 401
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{tier.url}/v1", api_key="ak_wrong").models.list()
     client = openai.OpenAI(base_url=f"{tier.url}/v1", api_key=tier.key, timeout=60)
-    assert [m.id for m in client.models.list()] == [MODEL]
+    assert [m.id for m in client.models.list()] == [MODEL, SECOND]
     reply = client.chat.completions.create(model="default", max_tokens=12, temperature=0, seed=3,
                                            messages=[{"role": "user", "content": "Name a colour."}])
     assert reply.model == MODEL and (reply.choices[0].message.content or "").strip()
@@ -196,3 +200,17 @@ def test_quotas_refuse_with_retry_after_and_a_dead_backend_is_started_again(tmp_
             while client.get("/health").status_code != 200:
                 assert time.monotonic() < deadline, server.tail()
                 time.sleep(0.5)
+
+
+def test_captions_of_a_pair_no_device_model_serves_go_through_the_tiers_llm(tier: Tier) -> None:
+    settings = UpstreamSettings.model_validate({
+        "endpoints": {"site": {"base_url": f"{tier.url}/v1", "api_key": tier.key, "model": SECOND, "timeout_s": 60}},
+        "routes": {"translation": [{"endpoint": "site", "when": "not-local", "pairs": ["fr-de"]}]}})
+    routes = Routes(settings)
+    router = MtRouter([UpstreamTranslator(routes)])
+    with pytest.raises(UnsupportedPair, match="fr-de \\(upstream\\)"):
+        router.route("fr", "ja")  # only the pairs its routes take
+    text = router.route("fr", "de").translate("Le magasin ouvre à neuf heures.", "fr", "de")
+    assert text.strip() and text != "Le magasin ouvre à neuf heures."  # Gemma's words, whatever their quality
+    metrics = generate_latest(routes.registry).decode()
+    assert 'appliance_upstream_requests_total{endpoint="site",outcome="ok",task="translation"} 1.0' in metrics

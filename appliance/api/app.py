@@ -66,9 +66,12 @@ def create_app(services: ApiServices) -> FastAPI:
         """Liveness and readiness; the only route that needs no key. Under the supervisor it adds every
         service's state, and with a valid key the supervisor's whole status."""
         body: dict[str, Any] = {"status": "ok", **services.models.health()}
+        full = valid_key(request)
         if services.supervisor is not None:
             view = services.supervisor()
-            body["supervisor"] = view if valid_key(request) else public_view(view)
+            body["supervisor"] = view if full else public_view(view)
+        if services.routes is not None and services.routes.endpoints:
+            body["upstream"] = services.routes.snapshot(full)
         return body
 
     @app.get("/openapi.json", tags=["device"], include_in_schema=False)

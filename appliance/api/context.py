@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection
 from appliance.api.keys import KeyStore
 from appliance.api.limits import RateLimiter, error_body
 from appliance.config.settings import ApiSettings
+from appliance.runtime.routes import Routes
 from appliance.sip.service import SipService
 from appliance.voice.readiness import ModelsNotReady, VoiceModels
 from appliance.voice.stack import VoiceStack
@@ -34,6 +35,7 @@ class ApiServices:
     sip: SipService | None = None  # the phone, when this process answers calls
     standalone: bool = True  # the app's lifespan warms the models and stops the stack (not under the supervisor)
     supervisor: Callable[[], dict[str, Any]] | None = None  # the supervisor's status, shown by /health
+    routes: Routes | None = None  # the device's upstream routes: their breakers in /health, counters in /metrics
     limiter: RateLimiter = field(init=False)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 

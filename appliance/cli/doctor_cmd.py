@@ -52,7 +52,26 @@ def collect(device: Device) -> dict[str, Any]:
         "runtimes": {name: _version(b) for name, b in device.backends.items()},
         "models": models,
         "store": {"path": str(device.store.root)},
+        "upstream": upstream(device),
     }
+
+
+def upstream(device: Device, timeout_s: float = 3.0) -> dict[str, Any]:
+    """The routing table, and each endpoint probed now (GET /models with its key): reachable and what it serves,
+    or why not. The running appliance's breaker states are in its /health."""
+    import httpx
+
+    table = device.routes.snapshot()
+    for name, endpoint in device.routes.endpoints.items():
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+        try:
+            reply = httpx.get(f"{endpoint.base_url.rstrip('/')}/models", headers=headers, timeout=timeout_s)
+            reply.raise_for_status()
+            served = [m.get("id") for m in reply.json().get("data", []) if isinstance(m, dict)]
+            table["endpoints"][name]["probe"] = f"reachable, serves {', '.join(map(str, served)) or 'nothing'}"
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            table["endpoints"][name]["probe"] = f"unreachable: {type(exc).__name__}: {str(exc)[:120]}"
+    return table
 
 
 def store_state(device: Device, model_id: str) -> str:
@@ -114,3 +133,26 @@ def render(report: dict[str, Any]) -> None:
         table.add_row(name, version)
     console.print(table)
     console.print(f"model store: {report['store']['path']}")
+    _render_upstream(console, report["upstream"])
+
+
+def _render_upstream(console: Console, table_: dict[str, Any]) -> None:
+    if not table_["endpoints"]:
+        console.print("upstream tier: none (everything runs on this device)")
+        return
+    table = Table(title="Upstream endpoints")
+    for col in ("endpoint", "base URL", "model", "timeout", "now"):
+        table.add_column(col)
+    for name, e in table_["endpoints"].items():
+        colour = "green" if e["probe"].startswith("reachable") else "red"
+        table.add_row(name, e["base_url"], e["model"], f"{e['timeout_s']:g} s", f"[{colour}]{e['probe']}[/]")
+    console.print(table)
+    table = Table(title="Upstream routes (tried in order; then the local path)")
+    for col in ("task", "endpoint", "when", "budget", "pairs"):
+        table.add_column(col)
+    for task, routes in table_["routes"].items():
+        for r in routes:
+            when = r["when"] + (f" < {r['min_confidence']:g}" if "min_confidence" in r else "")
+            budget = f"{r['budget_s']:g} s" if r["budget_s"] else "endpoint timeout"
+            table.add_row(task, r["endpoint"], when, budget, ", ".join(r["pairs"]) or "any")
+    console.print(table)

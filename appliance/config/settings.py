@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from appliance.config.upstream import UpstreamSettings, fold_bot_llm
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -52,14 +54,6 @@ class RuntimeSettings(_Section):
     threads: int | None = Field(
         None, gt=0, le=256, description="Override the profile's inference thread count."
     )
-
-
-class UpstreamSettings(_Section):
-    base_url: str | None = Field(
-        None, description="OpenAI-compatible upstream tier (e.g. http://dc.example:8000/v1); off when unset."
-    )
-    api_key: SecretStr | None = Field(None, description="Bearer key for the upstream tier (never logged).")
-    timeout_s: float = Field(5.0, gt=0, le=120, description="Per-request timeout for the upstream tier.")
 
 
 class VoiceSettings(_Section):
@@ -177,14 +171,6 @@ class BotSettings(_Section):
     max_records: int | None = Field(
         10_000, ge=1, validation_alias=AliasChoices("max_records", "max_calls"),
         description="Keep at most this many call records; unset: no limit (formerly bot.max_calls, still read).")
-    llm_model: str = Field("default", description="Model name sent to the upstream tier for llm steps.")
-    llm_timeout_s: float = Field(
-        3.0, gt=0, le=30, description="Longest a caller waits for an upstream answer before the flow's fallback."
-    )
-    llm_summary: bool = Field(
-        True, description="Summarise finished calls with the upstream LLM (redacted transcript) when it is set; "
-        "otherwise, or when it fails, an extractive summary."
-    )
 
 
 class SupervisorSettings(_Section):
@@ -306,6 +292,8 @@ class Settings(BaseSettings):
     upstream_tier: UpstreamTierSettings = Field(default_factory=UpstreamTierSettings,
                                                 description="`appliance upstream serve` (the datacenter tier).")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+
+    _fold_bot_llm = model_validator(mode="before")(fold_bot_llm)
 
     @classmethod
     def settings_customise_sources(

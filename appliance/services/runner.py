@@ -139,7 +139,8 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
     models = VoiceModels(device.voice_stack)
     keys = keys or KeyStore(settings.api.keys_file or state_dir / "api-keys.json")
     provisioned = [m.id for m in device.catalog.models if device.store.is_active(m.id)]
-    services = ApiServices(settings.api, keys, models, lambda: provisioned, standalone=False)
+    services = ApiServices(settings.api, keys, models, lambda: provisioned, standalone=False, routes=device.routes)
+    services.registry.register(device.routes.registry)  # a registry is a collector too
     graph = ApplianceGraph(models, services, only, device=device)
     services.supervisor = graph.status
     guard = MemoryGuard(MemoryOptions(), shed=lambda reason: None, recover=lambda: None)
@@ -169,6 +170,7 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
         if later:
             log.warning("changed %s: takes effect after a restart (systemctl restart appliance)", ", ".join(later))
         current[0] = new
+        device.routes.configure(new.upstream)  # live: the next call, turn or translation takes the new routes
         return new
 
     async def reload_now() -> dict[str, str]:  # what SIGHUP does, for the update agent's config bundles

@@ -50,8 +50,11 @@ class SipTask(TaskService):
 
     def _make_router(self, settings: Settings) -> FlowRouter:
         from appliance.bot.routing import FlowRouter
+        from appliance.config.upstream import UpstreamSettings
+        from appliance.runtime.routes import Routes
 
-        return FlowRouter(settings.bot, settings.upstream, self.services.models)
+        routes = self.services.routes or Routes(UpstreamSettings())  # none: no upstream (tests wire none)
+        return FlowRouter(settings.bot, routes, self.services.models)
 
     def _route(self, info: CallInfo) -> CallAppFactory | None:
         from appliance.calls import NotReady
