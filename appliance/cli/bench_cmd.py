@@ -253,6 +253,42 @@ def console(
     Console().print(f"JSON: {out}")
 
 
+@app.command("upstream")
+def upstream(
+    ctx: typer.Context,
+    model: list[str] = typer.Option(None, "--model", help="Chat models of the store (default: upstream_tier.models)."),
+    prompts: int = typer.Option(12, min=1, help="Answers per model and turns per path."),
+    out: Path = typer.Option(Path("bench-results/upstream.json"), "--json", help="Where to write the JSON."),
+) -> None:
+    """The upstream tier here: per model first-token latency and tokens/s through the gateway and straight from
+    llama.cpp; a bot turn answered upstream against the device's local path; the fallback with the upstream down
+    (refused, stalled, breaker open)."""
+    from appliance.bench.upstream import run
+    from appliance.cli.upstream_cmd import chat_models
+
+    state: CliState = ctx.obj
+    if model:
+        state.settings.upstream_tier.models = list(model)
+    models = chat_models(state)
+    results = _with_progress("upstream", 2 * len(models) + 2, lambda step: run(models, prompts, step))
+    _write(out, results)
+    table = Table(title=f"Upstream chat on this machine ({prompts} streamed answers per model, 48 tokens at most)")
+    for column in ("model", "path", "first token p50 ms", "p95 ms", "tokens/s"):
+        table.add_column(column)
+    for name, paths in results["models"].items():
+        for path in ("gateway", "direct"):
+            r = paths[path]
+            figures = ("first_token_p50_ms", "first_token_p95_ms", "tokens_per_s")
+            table.add_row(name, path, *(str(r[k]) for k in figures))
+    Console().print(table)
+    turn, down = results["turn"], results["fallback"]
+    Console().print(f"bot turn with an llm step: upstream p50 {turn['upstream_p50_ms']} ms (answered "
+                    f"{turn['answered_upstream']}/{turn['of']}), local path p50 {turn['local_p50_ms']} ms")
+    Console().print(f"upstream down, budget {down['budget_ms']:g} ms: refused {down['refused_ms']} ms, stalled "
+                    f"{down['stalled_ms']} ms, then breaker open {down['stalled_then_breaker_open_ms']} ms")
+    Console().print(f"JSON: {out}")
+
+
 @app.command("image")
 def image(
     board: str = typer.Argument("generic-x86_64", help="A board of images/boards/."),

@@ -26,7 +26,7 @@ class CliState:
             self._settings = load_settings(self.config_path)
             logging.basicConfig(level=self._settings.log.level.upper(), format="%(levelname)s %(name)s: %(message)s")
             # per-packet, per-request and per-signature INFO lines
-            for chatty in ("aioice", "aiortc", "httpx", "httpcore", "tuf", "securesystemslib", "urllib3"):
+            for chatty in ("aioice", "aiortc", "httpx", "httpx2", "httpcore", "tuf", "securesystemslib", "urllib3"):
                 logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
         return self._settings
 
