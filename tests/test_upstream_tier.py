@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
 from appliance.api.keys import KeyStore
+from appliance.bench.text import normalise
 from appliance.bot.engine import Action, FlowEngine, Listen, Say
 from appliance.bot.flow import parse_flow
 from appliance.bot.upstream import LlmClient, UpstreamOptions
@@ -30,9 +31,11 @@ from appliance.upstream.gateway import Gateway, Quota, make_app
 from appliance.upstream.llama import LlamaServer, free_port
 from appliance.voice.mt import MtRouter, UnsupportedPair, UpstreamTranslator
 from tests.support.cli import appliance
+from tests.support.sipp import EN
 from tests.test_bot_upstream import FAQ
 
 MODEL, SECOND = "smollm2-135m-instruct", "gemma3-270m"
+ES = Path("/usr/share/asterisk/sounds/es")
 
 
 @dataclass
@@ -72,8 +75,9 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     config.write_text(f'[models]\nstore = "{tmp / "store"}"\n[upstream_tier]\nport = {port}\n'
                       f'state_dir = "{tmp / "tier"}"\nrate_per_minute = 600\nmodels = ["{MODEL}", "{SECOND}"]\n')
     env = {**os.environ, "APPLIANCE_CONFIG": str(config)}
-    pulled = appliance("models", "pull", MODEL, SECOND, env=env)
-    assert pulled.returncode == 0, pulled.stderr
+    for ids in ([MODEL, SECOND], []):  # the chat models, then this machine's default voice models
+        pulled = appliance("models", "pull", *ids, env=env)
+        assert pulled.returncode == 0, pulled.stderr
     made = appliance("upstream", "key", "create", "site-leeds", env=env)
     assert made.returncode == 0, made.stderr
     server = Tier(f"http://127.0.0.1:{port}", made.stdout.split()[-1], env, tmp / "serve.log")
@@ -86,12 +90,12 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
 
 def test_the_tier_answers_the_openai_sdk_with_keys_and_metrics(tier: Tier) -> None:
     health = httpx.get(f"{tier.url}/health", timeout=10).json()  # health needs no key
-    assert health == {"status": "ok", "models": {MODEL: True, SECOND: True}}
+    assert health["status"] == "ok" and health["models"] == {MODEL: True, SECOND: True}
     assert httpx.get(f"{tier.url}/v1/models", timeout=10).status_code == 401
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{tier.url}/v1", api_key="ak_wrong").models.list()
     client = openai.OpenAI(base_url=f"{tier.url}/v1", api_key=tier.key, timeout=60)
-    assert [m.id for m in client.models.list()] == [MODEL, SECOND]
+    assert [m.id for m in client.models.list()] == [MODEL, SECOND, "whisper-1", "tts-1"]
     reply = client.chat.completions.create(model="default", max_tokens=12, temperature=0, seed=3,
                                            messages=[{"role": "user", "content": "Name a colour."}])
     assert reply.model == MODEL and (reply.choices[0].message.content or "").strip()
@@ -214,3 +218,20 @@ def test_captions_of_a_pair_no_device_model_serves_go_through_the_tiers_llm(tier
     assert text.strip() and text != "Le magasin ouvre à neuf heures."  # Gemma's words, whatever their quality
     metrics = generate_latest(routes.registry).decode()
     assert 'appliance_upstream_requests_total{endpoint="site",outcome="ok",task="translation"} 1.0' in metrics
+
+
+def test_the_tier_transcribes_translates_and_speaks_with_its_own_models(tier: Tier) -> None:
+    deadline = time.monotonic() + 300
+    while httpx.get(f"{tier.url}/health", timeout=10).json().get("audio") != "ready":
+        assert time.monotonic() < deadline, tier.log.read_text()[-2000:]
+        time.sleep(1)
+    client = openai.OpenAI(base_url=f"{tier.url}/v1", api_key=tier.key, timeout=120)
+    with (EN / "agent-alreadyon.wav").open("rb") as fh:
+        assert "agent number" in normalise(client.audio.transcriptions.create(model="whisper-1", file=fh).text)
+    with (ES / "agent-alreadyon.wav").open("rb") as fh:
+        assert "agent" in normalise(client.audio.translations.create(model="whisper-1", file=fh).text)
+    speech = client.audio.speech.create(model="tts-1", voice="alloy", input="Thank you for calling.")
+    assert speech.content[:4] == b"RIFF" and len(speech.content) > 20_000
+    with (EN / "vm-goodbye.wav").open("rb") as fh:  # the same keys: no key, no audio
+        refused = httpx.post(f"{tier.url}/v1/audio/transcriptions", files={"file": fh}, data={"model": "whisper-1"})
+    assert refused.status_code == 401

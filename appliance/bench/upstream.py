@@ -140,7 +140,9 @@ async def _turns(url: str, key: str, model: str, prompts: int) -> dict[str, Any]
                                                                             "model": model, "timeout_s": 60}},
                                                      "routes": {"chat": [{"endpoint": "tier"}]}}))
     llm = RoutedLlm(routes, "chat", temperature=0.0)
-    upstream, local, answered = [], [], 0
+    upstream: list[float] = []
+    local: list[float] = []
+    answered = 0
     try:
         for i in range(prompts):
             for sink, client in ((upstream, llm), (local, None)):

@@ -13,6 +13,7 @@ from appliance.cli.state import CliState
 from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
+    from appliance.api.context import ApiServices
     from appliance.api.keys import KeyStore
 
 app = typer.Typer(help="The upstream datacenter tier (`serve`) and its API keys.", no_args_is_help=True)
@@ -77,10 +78,25 @@ def serve(ctx: typer.Context) -> None:
             console.print(f"starting {name} (llama.cpp, {conf.threads} threads, context {conf.context})")
             backends[name] = stack.enter_context(LlamaServer(path, logs / f"{name}.log", conf.threads, conf.context,
                                                              conf.parallel))
-        gateway = Gateway(backends, keys, Quota(conf.rate_per_minute, conf.tokens_per_day))
+        gateway = Gateway(backends, keys, Quota(conf.rate_per_minute, conf.tokens_per_day), audio=_audio(state, keys))
         console.print(f"upstream tier at http://{conf.host}:{conf.port}/v1 serving {', '.join(backends)}")
         uvicorn.run(make_app(gateway), host=conf.host, port=conf.port, log_level="warning",
                     timeout_graceful_shutdown=10)
+
+
+def _audio(state: CliState, keys: KeyStore) -> ApiServices | None:
+    """The tier's voice stack (the store's Whisper, Piper and translation models, as on a device), for the audio
+    routes; None when upstream_tier.audio is off."""
+    if not state.settings.upstream_tier.audio:
+        return None
+    from appliance.api.context import ApiServices
+    from appliance.config.settings import ApiSettings
+    from appliance.voice.readiness import VoiceModels
+
+    device = state.device
+    provisioned = [m.id for m in device.catalog.models if device.store.is_active(m.id)]
+    return ApiServices(ApiSettings(rate_per_minute=state.settings.upstream_tier.rate_per_minute), keys,
+                       VoiceModels(device.voice_stack), lambda: provisioned)
 
 
 @key_app.command("create")

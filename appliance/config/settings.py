@@ -264,6 +264,8 @@ class UpstreamTierSettings(_Section):
     parallel: int = Field(2, ge=1, le=64, description="Requests each chat model decodes at once (its slots).")
     rate_per_minute: int = Field(60, ge=1, description="Requests per minute per API key (bursts as large).")
     tokens_per_day: int = Field(200_000, ge=1, description="Prompt and completion tokens per API key per day.")
+    audio: bool = Field(True, description="Also serve /v1/audio/transcriptions, /translations and /speech with "
+                        "the models of this machine's store (as a device does); 503 while they warm.")
 
 
 class LogSettings(_Section):

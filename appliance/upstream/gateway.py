@@ -1,5 +1,6 @@
 """`appliance upstream serve`'s HTTP face: an OpenAI-compatible gateway in front of the chat models a site hosts
-(each a llama.cpp server in a child process, ``appliance.upstream.llama``).
+(each a llama.cpp server in a child process, ``appliance.upstream.llama``) and, when it has them, transcription,
+translation and speech (the device API's audio routes on the tier's own voice stack and key store).
 
 Every route but ``/health`` needs an API key (``appliance upstream key create NAME``; stored hashed, the
 device API's key store). Per key: a request rate (token bucket) and a daily token budget, both answered with
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from appliance.api.auth import presented_token
+from appliance.api.context import ApiServices
 from appliance.api.keys import ApiKey, KeyStore
 from appliance.api.limits import RateLimiter, error_body
 from appliance.upstream.llama import LlamaServer
@@ -71,6 +73,7 @@ class Gateway:
     quota: Quota = field(default_factory=Quota)
     timeout_s: float = 120.0
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    audio: ApiServices | None = None  # transcription, translation and speech: the device API's audio routes
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.quota.per_minute)
@@ -83,6 +86,8 @@ class Gateway:
         self.seconds = Histogram("upstream_request_seconds", "Time to the whole answer.", ["model"],
                                  registry=self.registry)
         self.client = httpx.AsyncClient(timeout=self.timeout_s)
+        if self.audio is not None:
+            self.registry.register(self.audio.registry)  # its audio counters in the tier's /metrics
 
 
 def _refuse(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> HTTPException:
@@ -107,13 +112,19 @@ def make_app(gateway: Gateway) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watch = asyncio.create_task(_watch(gateway))
+        if gateway.audio is not None:
+            gateway.audio.models.start()  # warms in the background: 503 with Retry-After until then
         yield
         watch.cancel()
         await gateway.client.aclose()
+        stack = gateway.audio.models.current() if gateway.audio is not None else None
+        if stack is not None:
+            await stack.stop()
 
     app = FastAPI(title="appliance upstream tier", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     app.state.gateway = gateway
+    app.state.services = gateway.audio  # the audio routes' context (they authenticate with the same key store)
 
     @app.exception_handler(HTTPException)
     async def openai_errors(request: Request, exc: HTTPException) -> JSONResponse:
@@ -123,13 +134,16 @@ def make_app(gateway: Gateway) -> FastAPI:
     @app.get("/health")
     async def health() -> JSONResponse:
         up = {name: server.alive() for name, server in gateway.backends.items()}
-        return JSONResponse({"status": "ok" if all(up.values()) else "degraded", "models": up},
-                            200 if any(up.values()) else 503)
+        body: dict[str, Any] = {"status": "ok" if all(up.values()) else "degraded", "models": up}
+        if gateway.audio is not None:
+            body["audio"] = gateway.audio.models.state  # loading, ready or failed: the voice stack
+        return JSONResponse(body, 200 if any(up.values()) else 503)
 
     @app.get("/v1/models")
     async def models(key: Key) -> dict[str, Any]:
+        audio = ["whisper-1", "tts-1"] if gateway.audio is not None else []
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "appliance-upstream"}
-                                           for name in gateway.backends]}
+                                           for name in [*gateway.backends, *audio]]}
 
     @app.get("/metrics")
     async def metrics(key: Key) -> Response:
@@ -178,6 +192,10 @@ def make_app(gateway: Gateway) -> FastAPI:
         data["model"] = name
         return JSONResponse(data)
 
+    if gateway.audio is not None:
+        from appliance.api import openai_audio
+
+        app.include_router(openai_audio.router)  # after the routes above: this /v1/models is the tier's
     return app
 
 
