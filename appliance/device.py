@@ -22,6 +22,7 @@ from appliance.runtime import Backend, BackendContext, Selection, allocator, mak
 from appliance.runtime.routes import Routes
 from appliance.voice.asr import WhisperAsr
 from appliance.voice.endpoint import EndpointOptions
+from appliance.voice.escalate import AsrEscalation
 from appliance.voice.mt import BergamotTranslator, Translator, UpstreamTranslator
 from appliance.voice.stack import VoiceStack
 from appliance.voice.tts import PiperVoice, Voice
@@ -145,7 +146,7 @@ class Device:
         return VoiceStack(asr, vad_session, voices, translators, vad_kind=conf.vad,
                           endpoint=EndpointOptions(hangover_ms=conf.hangover_ms),
                           partial_interval_s=conf.partial_interval_s, tts_first_words=conf.tts_first_words,
-                          release=holds.close)
+                          release=holds.close, escalate=AsrEscalation(self.routes))
 
     def close(self) -> None:
         self._held.close()

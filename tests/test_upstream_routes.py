@@ -59,8 +59,8 @@ def test_the_short_form_and_the_former_bot_keys() -> None:
     ({"routes": {"chat": [{"endpoint": "dc"}]}}, "no endpoint named 'dc'"),
     ({"endpoints": {"default": {"base_url": "http://x/v1"}}}, "'default' is the short form's name"),
     ({"base_url": "http://x/v1", "routes": {"chat": [{"endpoint": "default", "when": "low-confidence"}]}},
-     "ASR escalation"),
-    ({"base_url": "http://x/v1", "routes": {"asr": [{"endpoint": "default"}]}}, "routes.asr"),
+     "only the asr task has one"),
+    ({"base_url": "http://x/v1", "routes": {"speech": [{"endpoint": "default"}]}}, "routes.speech"),
 ])
 def test_mistakes_are_refused_with_the_reason(upstream: dict[str, object], says: str) -> None:
     with pytest.raises(ValidationError, match=says):

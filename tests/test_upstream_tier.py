@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
 from appliance.api.keys import KeyStore
-from appliance.bench.text import normalise
+from appliance.bench.corpus import Prompt
+from appliance.bench.text import normalise, wer
 from appliance.bot.engine import Action, FlowEngine, Listen, Say
 from appliance.bot.flow import parse_flow
 from appliance.bot.upstream import LlmClient, UpstreamOptions
@@ -29,7 +31,11 @@ from appliance.config.upstream import UpstreamSettings
 from appliance.runtime.routes import Routes
 from appliance.upstream.gateway import Gateway, Quota, make_app
 from appliance.upstream.llama import LlamaServer, free_port
+from appliance.voice.asr import AsrOptions
+from appliance.voice.escalate import AsrEscalation
+from appliance.voice.listener import ListenerEvent, Transcript
 from appliance.voice.mt import MtRouter, UnsupportedPair, UpstreamTranslator
+from appliance.voice.stack import VoiceStack
 from tests.support.cli import appliance
 from tests.support.sipp import EN
 from tests.test_bot_upstream import FAQ
@@ -220,11 +226,15 @@ def test_captions_of_a_pair_no_device_model_serves_go_through_the_tiers_llm(tier
     assert 'appliance_upstream_requests_total{endpoint="site",outcome="ok",task="translation"} 1.0' in metrics
 
 
-def test_the_tier_transcribes_translates_and_speaks_with_its_own_models(tier: Tier) -> None:
+def audio_warm(tier: Tier) -> None:
     deadline = time.monotonic() + 300
     while httpx.get(f"{tier.url}/health", timeout=10).json().get("audio") != "ready":
         assert time.monotonic() < deadline, tier.log.read_text()[-2000:]
         time.sleep(1)
+
+
+def test_the_tier_transcribes_translates_and_speaks_with_its_own_models(tier: Tier) -> None:
+    audio_warm(tier)
     client = openai.OpenAI(base_url=f"{tier.url}/v1", api_key=tier.key, timeout=120)
     with (EN / "agent-alreadyon.wav").open("rb") as fh:
         assert "agent number" in normalise(client.audio.transcriptions.create(model="whisper-1", file=fh).text)
@@ -235,3 +245,41 @@ def test_the_tier_transcribes_translates_and_speaks_with_its_own_models(tier: Ti
     with (EN / "vm-goodbye.wav").open("rb") as fh:  # the same keys: no key, no audio
         refused = httpx.post(f"{tier.url}/v1/audio/transcriptions", files={"file": fh}, data={"model": "whisper-1"})
     assert refused.status_code == 401
+
+
+def test_an_unsure_final_goes_to_the_tiers_whisper_within_its_budget(tier: Tier, stack: VoiceStack,
+                                                                      prompts_en: list[Prompt]) -> None:
+    prompt = prompts_en[2]
+    audio_warm(tier)
+
+    def routes_to(base_url: str) -> Routes:  # min_confidence 1: every final counts as unsure
+        return Routes(UpstreamSettings.model_validate({
+            "endpoints": {"tier": {"base_url": base_url, "api_key": tier.key, "breaker_failures": 1}},
+            "routes": {"asr": [{"endpoint": "tier", "when": "low-confidence", "min_confidence": 1.0,
+                                "budget_s": 20}]}}))
+
+    async def finals(routes: Routes) -> list[Transcript]:
+        found: list[Transcript] = []
+
+        async def emit(event: ListenerEvent) -> None:
+            if isinstance(event, Transcript) and event.final and not event.provisional:
+                found.append(event)
+
+        listener = stack.listener(AsrOptions(language="en"), emit)
+        listener.escalate = AsrEscalation(routes)
+        audio = np.concatenate([prompt.audio, np.zeros(16000, np.float32)])
+        for i in range(0, len(audio), 320):
+            await listener.feed(audio[i:i + 320])
+        await listener.close()
+        assert found
+        return found
+
+    up = routes_to(f"{tier.url}/v1")
+    heard = asyncio.run(finals(up))
+    assert {t.result.source for t in heard if t.result} == {"upstream:tier"}
+    text = " ".join(t.text for t in heard)
+    assert wer([prompt.text], [text]) <= 0.35, (prompt.text, text)
+    down = routes_to(f"http://127.0.0.1:{free_port()}/v1")  # the tier unreachable: the local finals stand
+    heard = asyncio.run(finals(down))
+    assert {t.result.source for t in heard if t.result} == {"local"} and all(t.text for t in heard)
+    assert down.endpoints["tier"].breaker.state == "open"

@@ -9,8 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-RouteTask = Literal["chat", "summary", "translation"]  # asr (escalating low-confidence turns) comes with the
-# tier's transcription; until then a route for it is an error, not a setting read and ignored
+RouteTask = Literal["chat", "summary", "translation", "asr"]
 DEFAULT_ENDPOINT = "default"
 
 
@@ -51,7 +50,7 @@ class UpstreamSettings(_Section):
                        "still read).")
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict, description="More endpoints, by name.")
     routes: dict[RouteTask, list[RouteSettings]] | None = Field(
-        None, description="Per task (chat, summary, translation), the routes tried in order before the "
+        None, description="Per task (chat, summary, translation, asr), the routes tried in order before the "
         "local path. Unset: chat (budget bot.llm_timeout_s, 3 s), summary and translation (not-local) to "
         "'default' when base_url is set.")
     chat_budget_s: float = Field(3.0, gt=0, le=30, description="Longest a caller waits for an upstream answer "
@@ -66,9 +65,9 @@ class UpstreamSettings(_Section):
         names = set(self.endpoints) | ({DEFAULT_ENDPOINT} if self.base_url else set())
         for task, routes in (self.routes or {}).items():
             for route in routes:
-                if route.when == "low-confidence":
-                    raise ValueError(f"routes.{task}: when = 'low-confidence' needs a local result with a confidence "
-                                     "(ASR escalation), which the upstream tier does not serve yet")
+                if route.when == "low-confidence" and task != "asr":
+                    raise ValueError(f"routes.{task}: when = 'low-confidence' needs a local result with a confidence: "
+                                     "only the asr task has one")
                 if route.endpoint not in names:
                     raise ValueError(f"routes.{task}: no endpoint named {route.endpoint!r} (known: "
                                      f"{', '.join(sorted(names)) or 'none; set base_url or endpoints'})")

@@ -55,6 +55,7 @@ class AsrResult:
     fell_back: bool = False
     compute_s: float = 0.0
     words: tuple[str, ...] = field(default=())
+    source: str = "local"  # or "upstream:<endpoint>" when an unsure final was escalated (voice/escalate.py)
 
 
 class WhisperAsr:

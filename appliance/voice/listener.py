@@ -40,6 +40,7 @@ class Transcript:
 
 ListenerEvent = Transcript | SpeechStarted | SpeechResumed | SpeechEnded
 Emit = Callable[[ListenerEvent], Awaitable[None]]
+Escalate = Callable[[np.ndarray, AsrResult, AsrOptions], Awaitable[AsrResult]]  # voice/escalate.py
 
 
 @dataclass
@@ -51,7 +52,8 @@ class ListenerStats:
 
 class Listener:
     def __init__(self, endpointer: Endpointer, scheduler: AsrScheduler, options: AsrOptions, emit: Emit,
-                 partial_interval_s: float = 0.6, partials: bool = True, speculative: bool = True) -> None:
+                 partial_interval_s: float = 0.6, partials: bool = True, speculative: bool = True,
+                 escalate: Escalate | None = None) -> None:
         self.endpointer = endpointer
         self.scheduler = scheduler
         self.options = options
@@ -59,6 +61,7 @@ class Listener:
         self.partial_interval_s = partial_interval_s
         self.partials = partials
         self.speculative = speculative
+        self.escalate = escalate  # an unsure final may go to the upstream tier (within its route's budget)
         self.stream = f"stream-{next(_ids)}"
         self.stats = ListenerStats()
         self._utterance = 0
@@ -122,6 +125,8 @@ class Listener:
 
     async def _final_pass(self, audio: np.ndarray, speculative: bool = True) -> AsrResult | None:
         result = await self.scheduler.transcribe(self.stream, audio, self.options, final=True)
+        if result is not None and self.escalate is not None:
+            result = await self.escalate(audio, result, self.options)
         if speculative and result is not None and self._final_task is asyncio.current_task():
             # Still paused: let the application prepare its answer while the hangover runs out.
             await self.emit(Transcript(self._utterance, result.text, result.text, True, self._start,

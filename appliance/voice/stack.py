@@ -14,7 +14,7 @@ from typing import Literal
 from appliance.runtime.base import TensorSession
 from appliance.voice.asr import AsrError, AsrOptions, WhisperAsr
 from appliance.voice.endpoint import Endpointer, EndpointOptions
-from appliance.voice.listener import Emit, Listener
+from appliance.voice.listener import Emit, Escalate, Listener
 from appliance.voice.mt import MtRouter, Translator
 from appliance.voice.scheduler import AsrScheduler
 from appliance.voice.tts import EspeakVoice, StreamingTts, TtsError, Voice
@@ -35,6 +35,7 @@ class VoiceStack:
     schedulers: dict[tuple[str, asyncio.AbstractEventLoop], AsrScheduler] = field(default_factory=dict)
     _fallbacks: dict[str, Voice] = field(default_factory=dict)
     release: Callable[[], None] = lambda: None  # let go of the models this stack keeps resident (once replaced)
+    escalate: Escalate | None = None  # unsure finals to the upstream tier's Whisper (the device's asr routes)
 
     def new_vad(self) -> Vad:
         if self.vad_kind == "silero" and self.vad_session is not None:
@@ -61,7 +62,8 @@ class VoiceStack:
         if not self.asr[model_id].multilingual:
             options = dataclasses.replace(options, language="en")
         return Listener(Endpointer(self.new_vad(), endpoint or self.endpoint), self.scheduler(model_id), options,
-                        emit, partial_interval_s=self.partial_interval_s, partials=partials, speculative=speculative)
+                        emit, partial_interval_s=self.partial_interval_s, partials=partials, speculative=speculative,
+                        escalate=self.escalate)
 
     def voice(self, language: str) -> Voice:
         """The neural voice for a language, else the espeak-ng fallback (labelled as such)."""
