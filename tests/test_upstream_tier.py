@@ -22,13 +22,17 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
 from appliance.api.keys import KeyStore
+from appliance.audio.queue import PcmQueue
 from appliance.bench.corpus import Prompt
 from appliance.bench.text import normalise, wer
 from appliance.bot.engine import Action, FlowEngine, Listen, Say
 from appliance.bot.flow import parse_flow
 from appliance.bot.upstream import LlmClient, UpstreamOptions
 from appliance.config.upstream import UpstreamSettings
+from appliance.device import Device
+from appliance.models.store import ModelStore
 from appliance.runtime.routes import Routes
+from appliance.sessions import EventRelay, SessionSpec, open_conversation
 from appliance.upstream.gateway import Gateway, Quota, make_app
 from appliance.upstream.llama import LlamaServer, free_port
 from appliance.voice.asr import AsrOptions
@@ -74,16 +78,13 @@ class Tier:
 
 
 @pytest.fixture(scope="module")
-def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
+def tier(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> Iterator[Tier]:
     tmp = tmp_path_factory.mktemp("upstream-tier")
     port = free_port()
     config = tmp / "appliance.toml"
-    config.write_text(f'[models]\nstore = "{tmp / "store"}"\n[upstream_tier]\nport = {port}\n'
+    config.write_text(f'[models]\nstore = "{store.root}"\n[upstream_tier]\nport = {port}\n'
                       f'state_dir = "{tmp / "tier"}"\nrate_per_minute = 600\nmodels = ["{MODEL}", "{SECOND}"]\n')
     env = {**os.environ, "APPLIANCE_CONFIG": str(config)}
-    for ids in ([MODEL, SECOND], []):  # the chat models, then this machine's default voice models
-        pulled = appliance("models", "pull", *ids, env=env)
-        assert pulled.returncode == 0, pulled.stderr
     made = appliance("upstream", "key", "create", "site-leeds", env=env)
     assert made.returncode == 0, made.stderr
     server = Tier(f"http://127.0.0.1:{port}", made.stdout.split()[-1], env, tmp / "serve.log")
@@ -182,9 +183,8 @@ def test_killed_mid_call_the_breaker_opens_and_the_call_goes_on_then_it_closes(t
     assert client.breaker.state == "closed" and client.breaker.trips == 1
 
 
-def test_quotas_refuse_with_retry_after_and_a_dead_backend_is_started_again(tmp_path: Path, tier: Tier) -> None:
-    store = Path(tier.env["APPLIANCE_CONFIG"]).parent / "store"
-    model = next(store.glob(f"active/{MODEL}")).resolve() / "gguf" / "model.gguf"
+def test_quotas_refuse_with_retry_after_and_a_dead_backend_is_started_again(tmp_path: Path, store: ModelStore) -> None:
+    model = store.resolve(MODEL).file("gguf", ".gguf")
     keys = KeyStore(tmp_path / "keys.json")
     _, token = keys.create("tight")
     auth = {"Authorization": f"Bearer {token}"}
@@ -283,3 +283,39 @@ def test_an_unsure_final_goes_to_the_tiers_whisper_within_its_budget(tier: Tier,
     heard = asyncio.run(finals(down))
     assert {t.result.source for t in heard if t.result} == {"local"} and all(t.text for t in heard)
     assert down.endpoints["tier"].breaker.state == "open"
+
+
+def test_spanish_speech_is_captioned_and_spoken_in_german_through_the_tiers_llm(
+        tier: Tier, device: Device, prompts_es: list[Prompt]) -> None:
+    """No device model translates es→de: the interpretation session's translator is the tier's LLM (the device's
+    own routes, as a reload would set them), captions and speech in German (espeak-ng: no German Piper voice)."""
+    events: list[dict[str, object]] = []
+    device.routes.configure(UpstreamSettings.model_validate({
+        "endpoints": {"site": {"base_url": f"{tier.url}/v1", "api_key": tier.key, "model": SECOND, "timeout_s": 60}},
+        "routes": {"translation": [{"endpoint": "site", "when": "not-local", "pairs": ["es-de"]}]}}))
+
+    async def run() -> None:
+        stack = device.voice_stack()
+        relay = EventRelay("interpret", PcmQueue(), events.append)
+        conversation = open_conversation(stack, SessionSpec(mode="interpret", language="es", target="de"), relay,
+                                         16000)
+        audio = np.concatenate([prompts_es[0].audio, np.zeros(16000, np.float32)])
+        for i in range(0, len(audio), 320):
+            await conversation.feed(audio[i:i + 320])
+        deadline = time.monotonic() + 120
+        while not any(e["type"] == "caption" and e["final"] and e["target"] for e in events):
+            assert time.monotonic() < deadline, events
+            await conversation.feed(np.zeros(320, np.float32))
+            await asyncio.sleep(0.02)
+        await conversation.close(drain=True)
+        await relay.close()
+        await stack.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        device.routes.configure(device.settings.upstream)
+    caption = next(e for e in events if e["type"] == "caption" and e["final"] and e["target"])
+    assert caption["source"] and caption["target"] != caption["source"]
+    assert any(e["type"] == "audio" and e["fallback"] for e in events)  # spoken, by the fallback voice
+    assert 'task="translation"} ' in generate_latest(device.routes.registry).decode()

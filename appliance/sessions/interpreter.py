@@ -7,12 +7,16 @@ in clause punctuation), not only at the end of the turn; the final speaks whatev
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 
+from appliance.errors import ApplianceError
 from appliance.voice.conversation import Caption, OutEvent
 from appliance.voice.listener import Transcript
 from appliance.voice.mt import Translator
+
+log = logging.getLogger(__name__)
 
 _CLAUSE_END = re.compile(r"[.,;:!?]$")
 
@@ -70,7 +74,11 @@ class Interpreter:
         if self.translator is None or not text.strip():
             return text
         translator = self.translator
-        return await asyncio.to_thread(translator.translate, text, self.source, self.target)
+        try:
+            return await asyncio.to_thread(translator.translate, text, self.source, self.target)
+        except ApplianceError as exc:  # an upstream translator down or slow: this piece goes unsaid, the call goes on
+            log.warning("translation %s→%s failed (%s): %s", self.source, self.target, translator.label, exc)
+            return ""
 
 
 def _last_clause_end(words: list[str]) -> int:
