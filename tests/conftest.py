@@ -13,6 +13,7 @@ from appliance.device import Device
 from appliance.models import Catalog, ModelStore, load_catalog
 from appliance.runtime import Backend, BackendContext, make_backends
 from appliance.voice.stack import VoiceStack
+from tests.support.openai_peer import OpenAiPeer
 from tests.support.supervision import Listener
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +97,11 @@ def listener() -> Iterator[Listener]:
     lst = Listener(abstract=True)
     yield lst
     lst.close()
+
+
+@pytest.fixture
+def peer() -> Iterator[OpenAiPeer]:
+    """A small OpenAI-compatible chat server on loopback that answers, stalls or fails (tests set which)."""
+    server = OpenAiPeer()
+    yield server
+    server.close()

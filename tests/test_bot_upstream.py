@@ -6,67 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from appliance.bot.engine import Action, FlowEngine, Hangup, Listen, Say
-from appliance.bot.flow import parse_flow
 from appliance.bot.upstream import LlmClient, UpstreamError, UpstreamOptions, check_answer, injection, speakable
 from appliance.runtime.breaker import Breaker
+from tests.support.bot_llm import closed_port, converse, said
 from tests.support.openai_peer import OpenAiPeer
 
 KEY = "sk-test-7f3a9c1e5b"
-
-
-@pytest.fixture
-def peer() -> Iterator[OpenAiPeer]:
-    server = OpenAiPeer()
-    yield server
-    server.close()
-
-
-def said(actions: list[Action]) -> str:
-    return " ".join(a.text for a in actions if isinstance(a, Say))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-FAQ = """
-name: faq
-greeting: Hello.
-start: ask
-steps:
-  ask:
-    say: What would you like to know?
-    intents:
-      person: {examples: [talk to a person], goto: person}
-    llm: {system_prompt: "You answer questions about the Corner Shop in Leeds. It opens at nine in the morning
-      and closes at six in the evening, Monday to Saturday.", max_questions: 2, done: bye}
-    fallback: person
-  person:
-    say: Let me find someone for you.
-    hangup: Goodbye.
-  bye:
-    hangup: I hope that helped. Goodbye.
-"""
 
 
 async def ask(url: str, *utterances: str, timeout_s: float = 2.0,
               system_role: bool = True) -> tuple[FlowEngine, list[list[Action]]]:
     client = LlmClient(UpstreamOptions(url, KEY, model="shop", timeout_s=timeout_s, system_role=system_role))
     try:
-        engine = FlowEngine(parse_flow(FAQ), llm=client)
-        replies = [await engine.start()]
-        for text in utterances:
-            replies.append(await engine.on_speech(text))
-        return engine, replies
+        return await converse(client, *utterances)
     finally:
         await client.aclose()
 

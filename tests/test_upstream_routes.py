@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,17 +27,10 @@ from appliance.voice.conversation import Caption, OutEvent
 from appliance.voice.listener import Transcript
 from appliance.voice.mt import UpstreamTranslator
 from appliance.voice.readiness import VoiceModels
+from tests.support.bot_llm import closed_port
 from tests.support.openai_peer import OpenAiPeer
-from tests.test_bot_upstream import closed_port
 
 KEY = "sk-routes-51c2"
-
-
-@pytest.fixture
-def peer() -> Iterator[OpenAiPeer]:
-    server = OpenAiPeer()
-    yield server
-    server.close()
 
 
 def two(first: str, second: str, budget_s: float = 2.0) -> UpstreamSettings:

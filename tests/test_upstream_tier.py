@@ -25,7 +25,7 @@ from appliance.api.keys import KeyStore
 from appliance.audio.queue import PcmQueue
 from appliance.bench.corpus import Prompt
 from appliance.bench.text import normalise, wer
-from appliance.bot.engine import Action, FlowEngine, Listen, Say
+from appliance.bot.engine import Action, FlowEngine, Listen
 from appliance.bot.flow import parse_flow
 from appliance.bot.upstream import LlmClient, UpstreamOptions
 from appliance.config.upstream import UpstreamSettings
@@ -40,9 +40,9 @@ from appliance.voice.escalate import AsrEscalation
 from appliance.voice.listener import ListenerEvent, Transcript
 from appliance.voice.mt import MtRouter, UnsupportedPair, UpstreamTranslator
 from appliance.voice.stack import VoiceStack
+from tests.support.bot_llm import FAQ, converse, said
 from tests.support.cli import appliance
 from tests.support.sipp import EN
-from tests.test_bot_upstream import FAQ
 
 MODEL, SECOND = "smollm2-135m-instruct", "gemma3-270m"
 ES = Path("/usr/share/asterisk/sounds/es")
@@ -120,19 +120,11 @@ def ask(url: str, key: str, *utterances: str) -> tuple[FlowEngine, list[list[Act
     async def go() -> tuple[FlowEngine, list[list[Action]]]:
         client = LlmClient(UpstreamOptions(f"{url}/v1", key, timeout_s=30.0, temperature=0, seed=7))
         try:
-            engine = FlowEngine(parse_flow(FAQ), llm=client)
-            replies = [await engine.start()]
-            for text in utterances:
-                replies.append(await engine.on_speech(text))
-            return engine, replies
+            return await converse(client, *utterances)
         finally:
             await client.aclose()
 
     return asyncio.run(go())
-
-
-def said(actions: list[Action]) -> str:
-    return " ".join(a.text for a in actions if isinstance(a, Say))
 
 
 def test_the_bots_llm_step_and_summary_are_answered_by_smollm2(tier: Tier) -> None:
