@@ -53,6 +53,11 @@ def share(pixels: np.ndarray, colour: tuple[int, int, int]) -> float:
     return float(np.mean(np.all(np.abs(pixels.astype(int) - colour) <= 6, axis=1)))
 
 
+# Known defect, found 2026-12-05 and left for the images issue: in images built from that day's Debian packages
+# (kernel 6.1.192-3), CTranslate2's oneDNN kernels never finish inside the TCG guest (Whisper tiny.en's encoder
+# on 30 s: > 150 s with 1 or 2 threads; the smoke test hangs), so the voice models never warm, /kiosk/config
+# answers 503 and the page waits. Strict: the day this passes again, the marker must go.
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="models never warm in the TCG guest (oneDNN hangs)")
 def test_the_kiosk_page_is_on_the_devices_own_screen(built: Built, tmp_path: Path) -> None:
     packages = {p.split("=")[0] for p in json.loads(built.manifest.read_text())["packages"]}
     assert {"cage", "chromium"} <= packages
