@@ -109,6 +109,7 @@ class Supervisor:
             text = self.status_text()
             if self.ready_at is None and self.units and all(u.settled.is_set() for u in self.units.values()):
                 self.ready_at = time.monotonic()
+                await self.write_status()  # the file says "running" before systemd hears READY=1
                 self.ready.set()
                 self.notifier.ready(text)
                 log.info("ready: %s", text)
