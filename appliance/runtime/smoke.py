@@ -87,12 +87,13 @@ def speaker_embedder(session: TensorSession, model: ModelFiles) -> str:
 
 
 def whisper(model_handle: Any, model: ModelFiles) -> str:
-    """Thirty seconds of silence in: finite language probabilities and a short, decodable output."""
+    """Thirty seconds of silence in: finite language probabilities and a short, decodable output. The encoder
+    runs once and both steps reuse its output (a second 30 s encode doubled a multilingual model's start-up)."""
     import ctranslate2
 
     n_mels = int(getattr(model_handle, "n_mels", 80))
     # Log-mel of digital silence after Whisper's normalisation: (log10(1e-10) + 4) / 4.
-    features = ctranslate2.StorageView.from_array(np.full((1, n_mels, 3000), -1.5, np.float32))
+    features = model_handle.encode(ctranslate2.StorageView.from_array(np.full((1, n_mels, 3000), -1.5, np.float32)))
     prompt = ["<|startoftranscript|>"]
     detail = ""
     if model_handle.is_multilingual:

@@ -33,7 +33,7 @@ def build(tmp: Path, boards: Path, out: str) -> tuple[Path, list[Placed]]:
     esp = tmp / "tree-esp"
     (esp / "EFI" / "BOOT").mkdir(parents=True, exist_ok=True)
     (esp / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(b"MZ" + b"\0" * 4000)
-    files = {}
+    files: dict[str, Path] = {}
     for spec in board.layout:
         tree = {"esp": esp, "root-a": root}.get(spec.name)
         files[spec.name] = make_filesystem(spec, tmp / f"{out}-{spec.name}.part", tree,
