@@ -4,7 +4,6 @@ breaker; when none answers, ``UpstreamError`` and the flow goes on at its fallba
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from appliance.bot.upstream import LlmClient, UpstreamError, UpstreamOptions
@@ -43,21 +42,18 @@ class RoutedLlm:
         if not plan:
             reason = "breaker open" if self.routes.has(self.task) else "no route"
             raise UpstreamError(reason, f"no upstream route for {self.task} is usable now")
-        deadline = time.monotonic() + self.routes.budget(self.task)
         error = UpstreamError("timeout", "no time left in the budget")
-        for route in plan:
-            timeout_s = route.timeout_s(deadline)
-            if timeout_s <= 0.05:
-                break
+        for attempt in self.routes.attempts(self.task, plan, guard=False):  # the client keeps the breaker
             try:
-                answer: str = await getattr(self._client(route.endpoint), call)(*args, timeout_s=timeout_s)
+                answer: str = await getattr(self._client(attempt.route.endpoint), call)(*args,
+                                                                                         timeout_s=attempt.timeout_s)
             except UpstreamError as exc:
-                self.routes.outcome(route, exc.reason)
+                attempt.failed(exc.reason)
                 error = exc
                 if exc.reason in FINAL:
                     break
                 continue
-            self.routes.outcome(route, "ok")
+            attempt.ok()
             return answer
         self.routes.fell_back(self.task, error.reason)
         raise error

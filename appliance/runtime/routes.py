@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from appliance.config.upstream import EndpointSettings, RouteSettings, RouteTask
 from appliance.runtime.breaker import Breaker
 
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+MIN_TIMEOUT_S = 0.05  # less left of a task's budget than this: no further route is tried
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,27 @@ class Route:
         if deadline is not None:
             limits.append(max(0.0, deadline - time.monotonic()))
         return min(limits)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One route's turn at a piece of work, with the time it may take; ``ok``/``failed`` count the outcome and
+    tell the endpoint's breaker (unless the caller's client keeps the breaker itself)."""
+
+    routes: Routes
+    route: Route
+    timeout_s: float
+    guard: bool
+
+    def ok(self) -> None:
+        if self.guard:
+            self.route.endpoint.breaker.succeeded()
+        self.routes.outcome(self.route, "ok")
+
+    def failed(self, reason: str) -> None:
+        if self.guard:
+            self.route.endpoint.breaker.failed()
+        self.routes.outcome(self.route, reason)
 
 
 class Routes:
@@ -114,6 +137,19 @@ class Routes:
         if not chosen and down:
             self.fallbacks.labels(task, "breaker open").inc()
         return chosen
+
+    def attempts(self, task: RouteTask, plan: list[Route], guard: bool = True) -> Iterator[Attempt]:
+        """The plan's routes in order, each with what is left of the task's budget (cut to the route's own), until
+        the budget is spent; with ``guard``, a route whose breaker refuses the call now is skipped (the caller
+        then reports the attempt's outcome, which goes to the breaker)."""
+        deadline = time.monotonic() + self.budget(task)
+        for route in plan:
+            timeout_s = route.timeout_s(deadline)
+            if timeout_s <= MIN_TIMEOUT_S:
+                return
+            if guard and not route.endpoint.breaker.allow():
+                continue
+            yield Attempt(self, route, timeout_s, guard)
 
     def outcome(self, route: Route, outcome: str) -> None:
         """Count a request's outcome: ok, or why not (the client tells the endpoint's breaker itself)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import httpx
 import numpy as np
@@ -30,25 +29,17 @@ class AsrEscalation:
         plan = self.routes.plan("asr", local=True, confidence=math.exp(result.avg_logprob))
         if not plan:
             return result
-        deadline = time.monotonic() + self.routes.budget("asr")
         wav = wav_bytes(audio, ASR_RATE)
-        for route in plan:
-            timeout_s = route.timeout_s(deadline)
-            if timeout_s <= 0.05:
-                break
-            if not route.endpoint.breaker.allow():
-                continue
+        for attempt in self.routes.attempts("asr", plan):
             try:
-                text = await _ask(route, wav, options, timeout_s)
+                text = await _ask(attempt.route, wav, options, attempt.timeout_s)
             except (httpx.HTTPError, ValueError, KeyError) as exc:
-                route.endpoint.breaker.failed()
-                self.routes.outcome(route, "timeout" if isinstance(exc, httpx.TimeoutException) else "unavailable")
+                attempt.failed("timeout" if isinstance(exc, httpx.TimeoutException) else "unavailable")
                 continue
-            route.endpoint.breaker.succeeded()
-            self.routes.outcome(route, "ok")
+            attempt.ok()
             if text:
                 return dataclasses.replace(result, text=text, words=tuple(text.split()),
-                                           source=f"upstream:{route.endpoint.name}")
+                                           source=f"upstream:{attempt.route.endpoint.name}")
         self.routes.fell_back("asr", "unavailable")
         return result
 

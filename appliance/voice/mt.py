@@ -8,7 +8,6 @@ which the interpreter uses directly for any language into English.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -80,25 +79,21 @@ class UpstreamTranslator:
         plan = self.routes.plan("translation", local=False, pair=f"{source}-{target}")
         if not plan:
             raise ApplianceError(f"no upstream route translates {source}→{target} now (breaker open or none set)")
-        deadline, failures = time.monotonic() + self.routes.budget("translation"), []
-        for route in plan:
-            endpoint = route.endpoint
-            if not endpoint.breaker.allow():
-                failures.append(f"{endpoint.name}: breaker open")
-                continue
+        failures = []
+        for attempt in self.routes.attempts("translation", plan):
+            endpoint = attempt.route.endpoint
             try:
                 answer = _ask(endpoint.base_url, endpoint.api_key, endpoint.model, text, source, target,
-                              route.timeout_s(deadline))
+                              attempt.timeout_s)
             except ApplianceError as exc:
-                endpoint.breaker.failed()
-                self.routes.outcome(route, "unavailable")
+                attempt.failed("unavailable")
                 failures.append(f"{endpoint.name}: {exc}")
                 continue
-            endpoint.breaker.succeeded()
-            self.routes.outcome(route, "ok")
+            attempt.ok()
             return answer
         self.routes.fell_back("translation", "unavailable")
-        raise ApplianceError(f"upstream translation {source}→{target} failed: {'; '.join(failures)}")
+        raise ApplianceError(f"upstream translation {source}→{target} failed: "
+                             f"{'; '.join(failures) or 'breakers open or no time left'}")
 
 
 def _ask(base_url: str, api_key: str | None, model: str, text: str, source: str, target: str,
