@@ -26,6 +26,7 @@ import httpx
 
 from appliance.image import firmware
 from appliance.image.qemu import Guest, command
+from appliance.ports import free_port
 
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
                "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]
@@ -48,12 +49,6 @@ class Target(Protocol):
     def bundle_path(self) -> str: ...
     def power_cut(self) -> None: ...
     def power_on(self) -> None: ...
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def loopback_only() -> bool:

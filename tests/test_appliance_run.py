@@ -21,8 +21,9 @@ import pytest
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
+from appliance.ports import free_port
 from appliance.supervisor import Notifier, ProcessService, ServiceState, Supervisor, SupervisorOptions
-from tests.support.supervision import ROOT, Factory, Listener, free_port, until, wait_until
+from tests.support.supervision import ROOT, Factory, Listener, until, wait_until
 
 
 def test_sighup_applies_a_changed_setting_to_the_running_appliance(listener: Listener, tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from appliance.image import firmware, slots
 from appliance.image.boards import load_board
 from appliance.image.build import Built
 from appliance.image.qemu import Guest, command, image_arch
-from hil.targets import free_port, sip_options
+from appliance.ports import free_port
+from hil.targets import sip_options
 from tests.support.images import built_image
 
 BOARD = load_board("generic-arm64")

@@ -31,7 +31,8 @@ from appliance.image import firmware, slots
 from appliance.image.boards import load_board
 from appliance.image.build import Built
 from appliance.image.qemu import Guest, command
-from hil.targets import QemuTarget, cut_while_writing, free_port, sip_options
+from appliance.ports import free_port
+from hil.targets import QemuTarget, cut_while_writing, sip_options
 from tests.support.cli import appliance
 from tests.support.images import BOOTS, built_image
 from tests.support.supervision import ROOT

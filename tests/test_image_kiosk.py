@@ -22,7 +22,7 @@ import pytest
 from appliance.image.boards import load_board
 from appliance.image.build import Built
 from appliance.image.qemu import Guest, command, screendump
-from hil.targets import free_port
+from appliance.ports import free_port
 from tests.support.images import BOOTS, built_image
 
 BOARD = load_board("x86-kiosk")

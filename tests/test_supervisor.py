@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Settings
+from appliance.ports import free_port
 from appliance.services.plan import plan
 from appliance.supervisor import (
     GraphError,
@@ -43,7 +44,6 @@ from tests.support.supervision import (
     Fake,
     Listener,
     answers,
-    free_port,
     notifier_for,
     tcp_server,
     until,

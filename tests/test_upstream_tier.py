@@ -31,10 +31,11 @@ from appliance.bot.upstream import LlmClient, UpstreamOptions
 from appliance.config.upstream import UpstreamSettings
 from appliance.device import Device
 from appliance.models.store import ModelStore
+from appliance.ports import free_port
 from appliance.runtime.routes import Routes
 from appliance.sessions import EventRelay, SessionSpec, open_conversation
 from appliance.upstream.gateway import Gateway, Quota, make_app
-from appliance.upstream.llama import LlamaServer, free_port
+from appliance.upstream.llama import LlamaServer
 from appliance.voice.asr import AsrOptions
 from appliance.voice.escalate import AsrEscalation
 from appliance.voice.listener import ListenerEvent, Transcript

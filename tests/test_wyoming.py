@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,18 +18,13 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from appliance.audio import read_audio
 from appliance.bench.text import normalise
+from appliance.ports import free_port
 from appliance.voice.asr import AsrOptions
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
 from appliance.wyoming.handlers import SttHandler, TtsHandler
 
 EN = Path("/usr/share/asterisk/sounds/en")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def with_server(stack: VoiceStack, handler: type, test: Callable[[str], Awaitable[None]],

@@ -30,14 +30,7 @@ from appliance.console.authority import enrol, load_or_make, make_token
 from appliance.console.db import open_database, transaction
 from appliance.errors import ApplianceError
 from appliance.fleet.identity import DeviceKey
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from appliance.ports import free_port
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -98,7 +91,7 @@ async def _load(base: str, keys: list[DeviceKey], interval_s: float, seconds: fl
 
 
 def _serve(url: str, state: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "APPLIANCE_CONSOLE__DATABASE": url, "APPLIANCE_CONSOLE__STATE_DIR": str(state),
            "APPLIANCE_CONSOLE__PORT": str(port)}
     log = state / "console.log"  # a file, not a pipe: a console logging much must never block on it

@@ -24,23 +24,13 @@ from appliance.api.keys import KeyStore
 from appliance.bench.procs import alive, descendants, process_memory, session_members
 from appliance.bench.supervisor_data import Boot, Kill, Notice, SupervisorBenchOptions
 from appliance.errors import ApplianceError
+from appliance.ports import free_ports
 
 ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")  # ours, not the child's
 POLL_S = 0.02
 DESCRIBE_TIMEOUT_S = 6.0  # the Wyoming server holds a request up to 5 s for warming models, then answers Error
 CLOSE_GRACE_S = 10.0  # after a failure: SIGTERM, then SIGKILL
 CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 async def _describes(port: int) -> bool:
@@ -69,7 +59,7 @@ class SpawnedAppliance:
     def __init__(self, root: Path, passed: dict[str, Any], store: Path, options: SupervisorBenchOptions) -> None:
         root.mkdir(parents=True)
         self.root, self.store, self.options = root, store, options
-        self.api, sip, self.stt, tts = _free_ports(4)
+        self.api, sip, self.stt, tts = free_ports(4)
         config = {**passed, "models": {**passed.get("models", {}), "store": str(store)},
                   "api": {"host": "127.0.0.1", "port": self.api, "keys_file": str(root / "api-keys.json")},
                   "sip": {"host": "127.0.0.1", "port": sip},

@@ -12,7 +12,6 @@ import argparse
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ from pathlib import Path
 import httpx
 
 from appliance.errors import ApplianceError
+from appliance.ports import free_port
 
 KEY_ENV = "APPLIANCE_LLAMA_KEY"
 
 
 class LlamaError(ApplianceError):
     """The llama.cpp server could not start or stopped; the message holds the last lines of its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LlamaServer:

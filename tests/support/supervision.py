@@ -94,12 +94,6 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str) -> floa
     return time.monotonic() - start
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
