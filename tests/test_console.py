@@ -95,7 +95,12 @@ def test_a_device_enrols_once_reports_signed_and_a_revoked_one_is_refused(
     placed = client.post(f"/api/v1/devices/{key.id}/placement", json={"group": "lobby", "tags": ["kiosk"]},
                          headers=operator)
     assert placed.json()["tags"] == ["kiosk"]
-    assert [d["id"] for d in client.get("/api/v1/devices", params={"tag": "kiosk"}, headers=viewer).json()] == [key.id]
+    def found(**params: str) -> list[str]:
+        return [d["id"] for d in client.get("/api/v1/devices", params=params, headers=viewer).json()]
+
+    assert found(tag="kiosk") == found(q="GENERIC-X86", group="lobby", tag="kiosk") == [key.id]
+    # whole tags only; % and _ are no wildcards
+    assert found(tag="kio") == found(tag="tags") == found(q="%") == found(q="generic_x86") == []
 
     forged = device_key(tmp_path / "forger")  # signs with its own key, claims the device's id
     body = b"{}"
