@@ -148,13 +148,13 @@ def _json(body: bytes) -> dict[str, Any]:
     return value
 
 
-def advance(session: Session, group: str | None = None) -> None:
-    """Tick the group's rollouts (a device's report may finish its part), or every group's (deadlines pass
-    without reports), auditing what happened."""
+def advance(session: Session, device: Device | None = None) -> None:
+    """Tick the rollouts of the device's group for that device (its report may finish its part), or every
+    rollout for all its devices (deadlines pass without reports), auditing what happened."""
     query = select(Rollout).where(Rollout.state.in_(JUDGED))
-    for found in session.scalars((query if group is None else query.where(Rollout.group == group))
+    for found in session.scalars((query if device is None else query.where(Rollout.group == device.group))
                                  .with_for_update()):
-        for line in rollouts.tick(session, found):
+        for line in rollouts.tick(session, found, device_id=None if device is None else device.id):
             audit.record(session, "console", "rollout.progress", f"rollout:{found.id}", what=line)
 
 
@@ -244,7 +244,7 @@ def make_app(sessions: sessionmaker[Session], authority: Authority, tick_s: floa
             device.report, device.last_seen = _json(body), datetime.now(UTC)
             session.flush()
             if device.group is not None:
-                advance(session, device.group)
+                advance(session, device)
         await as_device(request, work)
 
     @app.post("/api/v1/device/telemetry", status_code=204)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from appliance.console.schema import Device, Release, Rollout, RolloutDevice
@@ -112,10 +112,9 @@ def members(session: Session, rollout: Rollout) -> list[RolloutDevice]:
 
 
 def _assign(session: Session, rollout: Rollout, wave: int) -> None:
-    at = now()
-    for member in members(session, rollout):
-        if member.wave == wave and member.state == "waiting":
-            member.state, member.assigned = "assigned", at
+    session.execute(update(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.wave == wave,
+                                                RolloutDevice.state == "waiting")
+                    .values(state="assigned", assigned=now()).execution_options(synchronize_session="fetch"))
 
 
 def judge(member: RolloutDevice, device: Device, release: Release, deadline_s: int, at: datetime) -> str | None:
@@ -154,19 +153,23 @@ class Progress:
         return self.failed / self.size if self.size else 0.0
 
 
-def progress(session: Session, rollout: Rollout) -> list[Progress]:
-    waves = len(rollout.waves["counts"])
-    found = [Progress(w, 0, 0, 0, 0, 0) for w in range(waves)]
-    for member in members(session, rollout):
-        item = found[member.wave]
-        item.size += 1
-        state = {"done": "done", "failed": "failed", "assigned": "assigned"}.get(member.state, "waiting")
-        setattr(item, state, getattr(item, state) + 1)
-    return found
+def progress(session: Session, rollout: Rollout, wave: int | None = None) -> list[Progress]:
+    """Each wave's counts by state (counted by the database); with ``wave``, that wave's only."""
+    found = [Progress(w, 0, 0, 0, 0, 0) for w in range(len(rollout.waves["counts"]))]
+    query = select(RolloutDevice.wave, RolloutDevice.state, func.count()).where(
+        RolloutDevice.rollout_id == rollout.id).group_by(RolloutDevice.wave, RolloutDevice.state)
+    for number, state, count in session.execute(query if wave is None else query.where(RolloutDevice.wave == wave)):
+        item = found[number]
+        item.size += count
+        field = {"done": "done", "failed": "failed", "assigned": "assigned"}.get(state, "waiting")
+        setattr(item, field, getattr(item, field) + count)
+    return found if wave is None else [found[wave]]
 
 
-def tick(session: Session, rollout: Rollout, at: datetime | None = None) -> list[str]:
-    """Judge the wave in progress and move the rollout on; what happened, for the audit log."""
+def tick(session: Session, rollout: Rollout, at: datetime | None = None, device_id: str | None = None) -> list[str]:
+    """Judge the rollout's assigned devices (with ``device_id``, that one only: what its report may have changed)
+    and move the rollout on; what happened, for the audit log. The work per report does not grow with the
+    fleet: one device judged, one wave counted by the database."""
     at = at or now()
     happened: list[str] = []
     if rollout.state in ("done", "aborted"):
@@ -174,10 +177,11 @@ def tick(session: Session, rollout: Rollout, at: datetime | None = None) -> list
     release = session.get(Release, rollout.release_id)
     assert release is not None
     if rollout.state == "running":
-        _adopt_newcomers(session, rollout, release)
-    for member in members(session, rollout):  # judged in every state: a halted wave's devices still finish
-        if member.state != "assigned":
-            continue
+        _adopt_newcomers(session, rollout, release, device_id)
+    assigned = select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.state == "assigned")
+    if device_id is not None:
+        assigned = assigned.where(RolloutDevice.device_id == device_id)
+    for member in session.scalars(assigned):  # judged in every state: a halted wave's devices still finish
         device = session.get(Device, member.device_id)
         verdict = "device revoked" if device is None or device.revoked else \
             judge(member, device, release, rollout.deadline_s, at)
@@ -188,7 +192,7 @@ def tick(session: Session, rollout: Rollout, at: datetime | None = None) -> list
     if rollout.state != "running":
         rollout.updated = at if happened else rollout.updated
         return happened
-    wave = progress(session, rollout)[rollout.wave]
+    [wave] = progress(session, rollout, rollout.wave)
     accepted = rollout.wave in rollout.waves.get("accepted", [])
     if wave.failed and wave.failure_rate > rollout.failure_threshold and not accepted:
         rollout.state = "halted"
@@ -211,15 +215,17 @@ def tick(session: Session, rollout: Rollout, at: datetime | None = None) -> list
     return happened
 
 
-def _adopt_newcomers(session: Session, rollout: Rollout, release: Release) -> None:
-    known = {m.device_id for m in members(session, rollout)}
+def _adopt_newcomers(session: Session, rollout: Rollout, release: Release, device_id: str | None = None) -> None:
+    """Devices of the group that are not part of the rollout yet (with ``device_id``: that one, if it is such)
+    join its last wave."""
     last = len(rollout.waves["counts"]) - 1
-    for device in session.scalars(select(Device).where(Device.group == rollout.group, Device.revoked.is_(None))):
-        if device.id not in known:
-            session.add(RolloutDevice(rollout_id=rollout.id, device_id=device.id, wave=last,
-                                      state="assigned" if rollout.wave == last else "waiting",
-                                      previous=_running(device, set(pins_of(release))),
-                                      assigned=now() if rollout.wave == last else None, finished=None, detail=None))
+    known = select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout.id)
+    query = select(Device).where(Device.group == rollout.group, Device.revoked.is_(None), Device.id.not_in(known))
+    for device in session.scalars(query if device_id is None else query.where(Device.id == device_id)):
+        session.add(RolloutDevice(rollout_id=rollout.id, device_id=device.id, wave=last,
+                                  state="assigned" if rollout.wave == last else "waiting",
+                                  previous=_running(device, set(pins_of(release))),
+                                  assigned=now() if rollout.wave == last else None, finished=None, detail=None))
     session.flush()
 
 
