@@ -215,10 +215,13 @@ def test_a_kiosk_screen_up_before_the_models_waits_for_them(stack: VoiceStack, t
 
     def waits_then_fills_the_languages(page: object) -> None:
         page.wait_for_function("document.querySelector('#error').textContent.includes('starting')")  # type: ignore[attr-defined]
+        assert page.is_disabled("#start") and page.text_content("#state") == "Starting"  # type: ignore[attr-defined]
         gate.set()
         page.wait_for_function(  # type: ignore[attr-defined]
             "[...document.querySelectorAll('#language option')].some((o) => o.value === 'es')", timeout=20000)
         assert page.text_content("#error") == ""  # type: ignore[attr-defined]
+        page.wait_for_function("!document.querySelector('#start').disabled")  # type: ignore[attr-defined]
+        assert page.text_content("#state") == "Ready"  # type: ignore[attr-defined]
 
     try:
         with Server(services, warm=False) as server:  # up before the models, as under the supervisor

@@ -10,7 +10,7 @@ const turns = new Map();
 function setState(state) {
   document.body.className = state;
   $("state").textContent = { listening: "Listening", thinking: "Thinking", speaking: "Speaking",
-    idle: "Ready", connecting: "Connecting" }[state] || state;
+    idle: "Ready", connecting: "Connecting", starting: "Starting" }[state] || state;
 }
 
 function showError(message) { $("error").textContent = message || ""; }
@@ -183,6 +183,7 @@ async function readConfig() {
         : `Could not read the device's languages (HTTP ${reply.status}).`);
       return config;
     }
+    setState("starting");  // Start stays disabled: no languages yet
     showError("The device is starting (its models are warming up)…");
     const wait = Math.min(Math.max(Number(reply.headers.get("Retry-After")) || 5, 1), 30);
     await new Promise((resolve) => setTimeout(resolve, wait * 1000));
