@@ -4,6 +4,7 @@ sipp, the command says so in one line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ import sys
 
 import pytest
 
-from appliance.bench.sip import SipBenchOptions, planned_calls, run
+from appliance.bench.sip import SipBenchOptions, find_sipp, planned_calls, run
+from appliance.bench.sip_memory import GOAL_GROWTH, run_memory
 from appliance.voice.stack import VoiceStack
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None,
@@ -47,3 +49,17 @@ def test_without_sipp_one_clear_line() -> None:
     proc = subprocess.run([sys.executable, "-m", "appliance", "bench", "sip"], capture_output=True, text=True,
                           env=env, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and "sipp not found" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_the_memory_stage_reads_rss_per_hundred_invites_of_an_overload(stack: VoiceStack) -> None:
+    """200 plain SIPp UAC INVITEs at 20/s into a phone of capacity 2 (the example flow answers, greeting and
+    record included): two rounds, each with calls answered and calls turned away, RSS read at the peak and
+    idle, and the growth between the rounds' idle readings."""
+    result = asyncio.run(run_memory(stack, find_sipp(), 150, rate=20, call_s=1.0, max_calls=2,
+                                    rtp_ports=(41200, 41399)))
+    assert result.invites == 200 and [r["invites"] for r in result.rounds] == [100, 200]
+    for r in result.rounds:
+        assert r["answered"] >= 2 and r["turned_away"] >= 50 and r["answered"] + r["turned_away"] <= 100, r
+        assert r["left_up"] == 0 and r["rss_mb_peak"] >= r["rss_mb_idle"] > 100, r
+    assert result.rss_mb_before > 100 and result.growth_after_first_round is not None
+    assert result.goal_met == (result.growth_after_first_round <= GOAL_GROWTH)

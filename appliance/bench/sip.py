@@ -43,6 +43,7 @@ from appliance.audio import read_audio
 from appliance.audio.queue import PcmQueue
 from appliance.bench.corpus import SOUNDS, Prompt, load_prompts
 from appliance.bench.pcap import write_rtp_pcap
+from appliance.bench.sip_memory import ROUND, MemoryResult, run_memory
 from appliance.bench.text import wer
 from appliance.bench.voice import latency_stats
 from appliance.bot.calls import ModeCallApp
@@ -72,6 +73,8 @@ class SipBenchOptions:
     stagger_s: float = 0.4  # between the starts of a wave's callers
     listen_s: float = 3.5  # after each prompt, for the echo to come back
     rtp_ports: tuple[int, int] = (40000, 40999)
+    memory: int = 0  # then this many plain UAC INVITEs in rounds of 100: RSS per round (bench/sip_memory.py)
+    memory_rate: float = 20.0  # INVITEs per second in the memory stage (far past max_calls: an overload)
 
     def plan(self) -> tuple[int, ...]:
         """The levels run, in order."""
@@ -117,6 +120,7 @@ class SipBenchResult:
     machine: dict[str, Any]
     levels: list[LevelResult]
     goal: dict[str, Any] = field(default_factory=dict)
+    memory: MemoryResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,8 +134,9 @@ def find_sipp() -> str:
 
 
 def planned_calls(options: SipBenchOptions) -> int:
-    """SIPp callers the run starts (one warm-up call included): a progress bar's total."""
-    return 1 + sum(level * options.waves(level) for level in options.plan())
+    """SIPp callers the run starts (one warm-up call included; a memory round counts as one): a progress bar's
+    total."""
+    return 1 + sum(level * options.waves(level) for level in options.plan()) + -(-options.memory // ROUND)
 
 
 @dataclass
@@ -338,10 +343,14 @@ class _Bench:
         self.progress(label)
         return caller
 
-    async def run(self) -> list[LevelResult]:
+    async def run(self) -> tuple[list[LevelResult], MemoryResult | None]:
+        o = self.options
         try:
             await self.level(1, 1, "warm-up")  # loads and warms every model on the path; not reported
-            return [await self.level(n, self.options.waves(n), f"level-{n}") for n in self.options.plan()]
+            levels = [await self.level(n, o.waves(n), f"level-{n}") for n in o.plan()]
+            memory = await run_memory(self.stack, self.sipp, o.memory, o.memory_rate, max_calls=o.max_calls,
+                                      progress=self.progress) if o.memory > 0 else None
+            return levels, memory
         finally:
             await self.stack.stop()
 
@@ -406,7 +415,7 @@ def run(stack: VoiceStack, options: SipBenchOptions, progress: Progress = lambda
     if options.turns > len(prompts):
         raise ApplianceError(f"{options.turns} turns need as many prompts; only {len(prompts)} found")
     with tempfile.TemporaryDirectory(prefix="bench-sip-") as tmp:
-        levels = asyncio.run(_Bench(stack, options, prompts, Path(tmp), progress).run())
+        levels, memory = asyncio.run(_Bench(stack, options, prompts, Path(tmp), progress).run())
     base = levels[0].latency if levels else {}
     for level in levels:
         for key in ("p50", "p95"):
@@ -423,4 +432,4 @@ def run(stack: VoiceStack, options: SipBenchOptions, progress: Progress = lambda
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "python": platform.python_version(), "platform": platform.platform()}
     summary = [{"name": p.name, "text": p.text, "seconds": round(p.duration, 2)} for p in prompts]
-    return SipBenchResult(options, summary, machine, levels, goal)
+    return SipBenchResult(options, summary, machine, levels, goal, memory)

@@ -85,6 +85,9 @@ def sip(
     max_calls: int = typer.Option(8, min=1, help="The phone's capacity: callers beyond it must get 503."),
     beyond: int = typer.Option(2, min=0, help="A last level this many callers past --max-calls (0: none)."),
     turns: int = typer.Option(2, min=1, max=6, help="Prompts spoken per call."),
+    memory: int = typer.Option(1000, min=0, help="Then this many plain SIPp UAC calls (rounds of 100, far past "
+                               "capacity): RSS after each round (0: skip)."),
+    memory_rate: float = typer.Option(20.0, min=0.1, help="INVITEs per second in the memory stage."),
     out: Path = typer.Option(Path("bench-results/sip.json"), "--json", help="Where to write the JSON."),
 ) -> None:
     """Concurrent SIPp calls speaking Asterisk prompts to the echo bot: turn latency per level vs one call,
@@ -98,7 +101,8 @@ def sip(
         raise typer.BadParameter(f"not a comma-separated list of numbers: {levels!r}", param_hint="--levels") from None
     if not counts or min(counts) < 1:
         raise typer.BadParameter("levels are numbers of callers, at least 1", param_hint="--levels")
-    options = SipBenchOptions(levels=counts, max_calls=max_calls, beyond=beyond, turns=turns)
+    options = SipBenchOptions(levels=counts, max_calls=max_calls, beyond=beyond, turns=turns, memory=memory,
+                              memory_rate=memory_rate)
     state: CliState = ctx.obj
     stack = state.device.voice_stack()
     logging.getLogger("appliance.sip").setLevel(max(logging.WARNING, logging.root.level))  # lines per call
@@ -131,7 +135,25 @@ def sip(
     Console().print(f"p95 ≤ {GOAL_P95_MS:.0f} ms up to {goal['max_concurrency_within_p95']} concurrent calls "
                     f"(goal: {max_calls}); beyond capacity turned away with Retry-After: "
                     f"{goal['beyond_capacity_turned_away_as_expected']}")
+    if results["memory"]:
+        _print_memory(results["memory"])
     Console().print(f"JSON: {out}")
+
+
+def _print_memory(memory: dict[str, Any]) -> None:
+    from appliance.bench.sip_memory import GOAL_GROWTH
+
+    table = Table(title=f"Memory under plain SIPp UAC calls ({memory['rate_per_s']:g}/s, {memory['call_s']:g} s "
+                        f"each, capacity {memory['max_calls']}; RSS before: {memory['rss_mb_before']} MB)")
+    for col in ("INVITEs", "answered", "503", "RSS peak MB", "RSS idle MB"):
+        table.add_column(col)
+    for r in memory["rounds"]:
+        table.add_row(str(r["invites"]), str(r["answered"]), str(r["turned_away"]), str(r["rss_mb_peak"]),
+                      str(r["rss_mb_idle"]))
+    Console().print(table)
+    if memory["growth_after_first_round"] is not None:
+        Console().print(f"idle RSS after the last round vs the first: {100 * memory['growth_after_first_round']:+.1f} %"
+                        f" (goal ≤ {100 * GOAL_GROWTH:.0f} %)")
 
 
 @app.command("supervisor")
