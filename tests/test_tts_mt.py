@@ -15,7 +15,7 @@ from appliance.runtime.routes import Routes
 from appliance.voice.asr import AsrOptions
 from appliance.voice.mt import UnsupportedPair, UpstreamTranslator
 from appliance.voice.stack import VoiceStack
-from appliance.voice.tts import TtsError, phrases
+from appliance.voice.tts import PhraseCache, TtsError, phrases
 
 SENTENCE = "That agent is already logged on. Please enter your agent number, followed by the pound key."
 
@@ -108,3 +108,24 @@ def test_resampled_output_for_transports(stack: VoiceStack) -> None:
     audio = tts8k.synthesize("Goodbye.")
     native = stack.voice("en").synthesize("Goodbye.")
     assert abs(len(audio) - len(resample(native, 22050, 8000))) < 8000 * 0.3
+
+
+def test_a_phrase_said_again_comes_from_the_cache_read_only(stack: VoiceStack) -> None:
+    """A flow's greeting on every call: synthesised once, then shared (read-only); the cache keeps the most
+    recently used phrases within its byte limit."""
+    voice = stack.voice("en")
+    greeting = "Thank you for calling. How can I help you today?"
+    hits = voice.cache.hits  # type: ignore[attr-defined]
+    first = voice.synthesize(greeting)
+    again = voice.synthesize(greeting)
+    assert again is first and voice.cache.hits == hits + 1  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="read-only"):
+        again *= 0.5
+    small = PhraseCache(limit=4 * 1000 * 4)  # four phrases of 1000 samples
+    for n in range(5):
+        small.put(f"phrase {n}", np.zeros(1000, np.float32))
+    small.get("phrase 1")
+    small.put("phrase 5", np.zeros(1000, np.float32))
+    assert small.get("phrase 0") is None and small.get("phrase 2") is None and small.get("phrase 1") is not None
+    assert small.size <= small.limit and small.put("long", np.zeros(2000, np.float32)).nbytes == 8000
+    assert small.get("long") is None  # over a quarter of the limit: not kept

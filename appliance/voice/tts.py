@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from appliance.errors import ApplianceError
 from appliance.runtime.base import TensorSession
 
 _PHONEMIZER_LOCK = threading.Lock()  # espeak-ng keeps one global voice: phonemize one text at a time
+CACHE_BYTES = 16 << 20  # per voice: ~3 min of 22 kHz speech, the phrases a call flow says on every call
 
 
 class TtsError(ApplianceError):
@@ -52,6 +54,39 @@ class Voice(Protocol):
         ...
 
 
+class PhraseCache:
+    """Synthesised phrases by text, least recently used first out, within ``limit`` bytes: a call-center flow
+    says its greeting and menus on every call, and each synthesis costs CPU and a burst of memory. The arrays
+    are read-only (they are shared by every call that says the phrase)."""
+
+    def __init__(self, limit: int = CACHE_BYTES) -> None:
+        self.limit, self.size, self.hits, self.misses = limit, 0, 0, 0
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> np.ndarray | None:
+        with self._lock:
+            audio = self._items.get(text)
+            if audio is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(text)
+            self.hits += 1
+            return audio
+
+    def put(self, text: str, audio: np.ndarray) -> np.ndarray:
+        audio.setflags(write=False)
+        if audio.nbytes > self.limit // 4:
+            return audio
+        with self._lock:
+            if text not in self._items:
+                self._items[text] = audio
+                self.size += audio.nbytes
+            while self.size > self.limit:
+                self.size -= self._items.popitem(last=False)[1].nbytes
+        return audio
+
+
 class PiperVoice:
     fallback = False
 
@@ -70,6 +105,7 @@ class PiperVoice:
 
         with _PHONEMIZER_LOCK:
             self._phonemizer = EspeakPhonemizer()
+        self.cache = PhraseCache()
 
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids per sentence, with Piper's BOS/PAD/EOS framing."""
@@ -80,12 +116,16 @@ class PiperVoice:
         return [phonemes_to_ids(s, self._id_map) for s in sentences if s]
 
     def synthesize(self, text: str) -> np.ndarray:
+        """The phrase's audio (read-only: it may come from the cache)."""
+        cached = self.cache.get(text)
+        if cached is not None:
+            return cached
         pieces = []
         for ids in self.phoneme_ids(text):
             out = self._session.run({"input": np.array([ids], np.int64),
                                      "input_lengths": np.array([len(ids)], np.int64), "scales": self._scales})
             pieces.append(next(iter(out.values())).reshape(-1).astype(np.float32))
-        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        return self.cache.put(text, np.concatenate(pieces) if pieces else np.zeros(0, np.float32))
 
 
 class EspeakVoice:
