@@ -129,3 +129,24 @@ def test_a_phrase_said_again_comes_from_the_cache_read_only(stack: VoiceStack) -
     assert small.get("phrase 0") is None and small.get("phrase 2") is None and small.get("phrase 1") is not None
     assert small.size <= small.limit and small.put("long", np.zeros(2000, np.float32)).nbytes == 8000
     assert small.get("long") is None  # over a quarter of the limit: not kept
+
+
+def test_callers_asking_for_a_phrase_being_synthesised_wait_for_that_synthesis() -> None:
+    """Eight calls answered at once all say the greeting: one synthesis, not eight (each is a burst of memory)."""
+    import threading
+    import time
+
+    cache, made = PhraseCache(), []
+
+    def make(text: str) -> np.ndarray:
+        made.append(text)
+        time.sleep(0.3)
+        return np.ones(100, np.float32)
+
+    got: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.fetch("welcome", make))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert made == ["welcome"] and len(got) == 8 and all(a is got[0] for a in got)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +29,7 @@ from appliance.runtime.base import TensorSession
 
 _PHONEMIZER_LOCK = threading.Lock()  # espeak-ng keeps one global voice: phonemize one text at a time
 CACHE_BYTES = 16 << 20  # per voice: ~3 min of 22 kHz speech, the phrases a call flow says on every call
+RUNS = max(2, os.cpu_count() or 2)  # Piper syntheses at once per voice: more only add memory (~130 MB each)
 
 
 class TtsError(ApplianceError):
@@ -57,12 +59,14 @@ class Voice(Protocol):
 class PhraseCache:
     """Synthesised phrases by text, least recently used first out, within ``limit`` bytes: a call-center flow
     says its greeting and menus on every call, and each synthesis costs CPU and a burst of memory. The arrays
-    are read-only (they are shared by every call that says the phrase)."""
+    are read-only (they are shared by every call that says the phrase). Calls that ask for a phrase while it is
+    being synthesised wait for that synthesis (``fetch``) instead of running their own."""
 
     def __init__(self, limit: int = CACHE_BYTES) -> None:
         self.limit, self.size, self.hits, self.misses = limit, 0, 0, 0
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._pending: dict[str, threading.Event] = {}
 
     def get(self, text: str) -> np.ndarray | None:
         with self._lock:
@@ -86,6 +90,27 @@ class PhraseCache:
                 self.size -= self._items.popitem(last=False)[1].nbytes
         return audio
 
+    def fetch(self, text: str, make: Callable[[str], np.ndarray]) -> np.ndarray:
+        """The cached phrase, else ``make(text)`` run once however many threads ask for it at the same time."""
+        while True:
+            audio = self.get(text)
+            if audio is not None:
+                return audio
+            with self._lock:
+                pending = self._pending.get(text)
+                if pending is None:
+                    self._pending[text] = threading.Event()
+            if pending is None:
+                break
+            pending.wait(60)  # then from the cache (or, if that synthesis failed or was too long, our own)
+            if text not in self._items:
+                return self.put(text, make(text))
+        try:
+            return self.put(text, make(text))
+        finally:
+            with self._lock:
+                self._pending.pop(text).set()
+
 
 class PiperVoice:
     fallback = False
@@ -106,6 +131,7 @@ class PiperVoice:
         with _PHONEMIZER_LOCK:
             self._phonemizer = EspeakPhonemizer()
         self.cache = PhraseCache()
+        self._runs = threading.BoundedSemaphore(RUNS)
 
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids per sentence, with Piper's BOS/PAD/EOS framing."""
@@ -117,15 +143,16 @@ class PiperVoice:
 
     def synthesize(self, text: str) -> np.ndarray:
         """The phrase's audio (read-only: it may come from the cache)."""
-        cached = self.cache.get(text)
-        if cached is not None:
-            return cached
+        return self.cache.fetch(text, self._synthesize)
+
+    def _synthesize(self, text: str) -> np.ndarray:
         pieces = []
         for ids in self.phoneme_ids(text):
-            out = self._session.run({"input": np.array([ids], np.int64),
-                                     "input_lengths": np.array([len(ids)], np.int64), "scales": self._scales})
+            with self._runs:
+                out = self._session.run({"input": np.array([ids], np.int64),
+                                         "input_lengths": np.array([len(ids)], np.int64), "scales": self._scales})
             pieces.append(next(iter(out.values())).reshape(-1).astype(np.float32))
-        return self.cache.put(text, np.concatenate(pieces) if pieces else np.zeros(0, np.float32))
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
 class EspeakVoice:
