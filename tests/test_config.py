@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,21 @@ def test_call_records_limit_has_its_own_name_and_the_old_one_still_reads(tmp_pat
     assert settings.bot.max_records == 50 and settings.sip.max_calls == 3
     assert load_settings(new).bot.max_records == 60
     assert "max_records = 50" in render_settings(settings)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_file_written_as_root_keeps_its_owner_or_takes_its_folders(tmp_path: Path) -> None:
+    """`appliance keys create` run by a technician as root must not leave the service's 0600 key file
+    root-owned (the service could no longer read its keys)."""
+    from appliance.config.files import write_atomic
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4242, 4243)
+    write_atomic(state / "keys.json", "{}", 0o600)
+    made = (state / "keys.json").stat()
+    assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (4242, 4243, 0o600)
+    os.chown(state / "keys.json", 5151, 5152)
+    write_atomic(state / "keys.json", '{"a": 1}', 0o600)
+    kept = (state / "keys.json").stat()
+    assert (kept.st_uid, kept.st_gid) == (5151, 5152) and (state / "keys.json").read_text() == '{"a": 1}'

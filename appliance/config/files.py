@@ -12,7 +12,9 @@ from pathlib import Path
 def write_atomic(path: Path, data: bytes | str, mode: int | None = None, parents: bool = False) -> None:
     """Replace ``path`` with ``data``; ``mode`` (e.g. 0o600) is set before the rename, so the file is never
     readable by others even for an instant; ``parents`` makes missing folders (a state directory), otherwise a
-    missing folder is an error. Raises OSError (ENOSPC, EACCES…) with nothing left behind."""
+    missing folder is an error. Raises OSError (ENOSPC, EACCES…) with nothing left behind. Run as root (a
+    technician's `appliance keys create` on a device), the file keeps its owner, or a new one takes its folder's:
+    a root-owned 0600 key file in the service's state directory would lock the service out of it."""
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -21,6 +23,9 @@ def write_atomic(path: Path, data: bytes | str, mode: int | None = None, parents
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
+        if os.geteuid() == 0:
+            owner = os.stat(path if path.exists() else path.parent)
+            os.chown(tmp, owner.st_uid, owner.st_gid)
         os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
