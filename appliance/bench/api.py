@@ -24,7 +24,7 @@ from appliance.api.keys import KeyStore
 from appliance.api.threaded import ThreadedServer
 from appliance.audio import resample, wav_bytes
 from appliance.bench.corpus import Prompt, last_speech_sample, load_prompts
-from appliance.bench.voice import STREAMING, latency_stats, run_turn
+from appliance.bench.voice import STREAMING, latency_stats, phrase_caches, run_turn
 from appliance.config.settings import ApiSettings
 from appliance.voice.readiness import VoiceModels
 from appliance.voice.stack import VoiceStack
@@ -98,7 +98,7 @@ async def direct_latency(stack: VoiceStack, prompts: list[Prompt], progress: Pro
 
 def run(stack: VoiceStack, limit: int, requests: int, progress: Progress) -> dict[str, Any]:
     prompts = load_prompts("en", limit)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, phrase_caches(stack, 0):  # WebRTC and direct echo the same words
         keys = KeyStore(Path(tmp) / "keys.json")
         _, token = keys.create("bench")
         settings = ApiSettings(rate_per_minute=1_000_000, max_sessions=4)
@@ -107,7 +107,7 @@ def run(stack: VoiceStack, limit: int, requests: int, progress: Progress) -> dic
             load = [asyncio.run(transcription_load(server.url, token, prompts, c, requests, progress))
                     for c in (1, 4, 8)]
             rtc = asyncio.run(webrtc_latency(server.url, token, prompts, progress))
-    direct = asyncio.run(direct_latency(stack, prompts, progress))
+        direct = asyncio.run(direct_latency(stack, prompts, progress))
     base = load[0]["req_per_s"] or 1
     for level in load:
         level["throughput_vs_1_client"] = round(level["req_per_s"] / base, 2)

@@ -45,7 +45,7 @@ from appliance.bench.corpus import SOUNDS, Prompt, load_prompts
 from appliance.bench.pcap import write_rtp_pcap
 from appliance.bench.sip_memory import ROUND, MemoryResult, run_memory
 from appliance.bench.text import wer
-from appliance.bench.voice import latency_stats
+from appliance.bench.voice import latency_stats, phrase_caches
 from appliance.bot.calls import ModeCallApp
 from appliance.calls import CallApp, CallAppFactory, CallControl
 from appliance.errors import ApplianceError
@@ -346,8 +346,9 @@ class _Bench:
     async def run(self) -> tuple[list[LevelResult], MemoryResult | None]:
         o = self.options
         try:
-            await self.level(1, 1, "warm-up")  # loads and warms every model on the path; not reported
-            levels = [await self.level(n, o.waves(n), f"level-{n}") for n in o.plan()]
+            with phrase_caches(self.stack, 0):  # the callers' words are echoed: new text, as a caller's is
+                await self.level(1, 1, "warm-up")  # loads and warms every model on the path; not reported
+                levels = [await self.level(n, o.waves(n), f"level-{n}") for n in o.plan()]
             memory = await run_memory(self.stack, self.sipp, o.memory, o.memory_rate, max_calls=o.max_calls,
                                       progress=self.progress) if o.memory > 0 else None
             return levels, memory

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.bench.voice import phrase_caches
 from appliance.bot.callbot import flow_app_factory
 from appliance.bot.flow import EXAMPLE_FLOW, load_flow
 from appliance.bot.records import CallStore
 from appliance.runtime import allocator
 from appliance.sip.phone import Phone, PhoneOptions
 from appliance.voice.stack import VoiceStack
+from appliance.voice.tts import CACHE_BYTES
 
 Progress = Callable[[str], None]
 
@@ -67,7 +69,7 @@ async def run_memory(stack: VoiceStack, sipp: str, invites: int, rate: float = 2
     """``invites`` (rounded up to rounds of 100) plain UAC calls into a phone of ``max_calls``."""
     result = MemoryResult(invites=-(-invites // ROUND) * ROUND, rate_per_s=rate, call_s=call_s, max_calls=max_calls)
     flow = load_flow(EXAMPLE_FLOW)
-    with tempfile.TemporaryDirectory(prefix="bench-sip-memory-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-sip-memory-") as tmp, phrase_caches(stack, CACHE_BYTES):
         factory = flow_app_factory(stack, flow, CallStore(Path(tmp) / "calls"))
         phone = Phone(PhoneOptions(host="127.0.0.1", port=0, rtp_ports=rtp_ports, max_calls=max_calls),
                       lambda info: factory)
