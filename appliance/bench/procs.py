@@ -23,6 +23,11 @@ def process_memory(pid: int) -> dict[str, float]:
     return out
 
 
+def rss_mib(pid: int) -> float:
+    """VmRSS of one process, in MiB (cheap enough to sample several times a second)."""
+    return mib(parse_meminfo(Path(f"/proc/{pid}/status").read_text(), "VmRSS"))
+
+
 def mib(value: int | None) -> float:
     return round((value or 0) / 2**20, 1)
 

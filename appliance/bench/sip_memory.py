@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.bench.procs import rss_mib
 from appliance.bench.voice import phrase_caches
 from appliance.bot.callbot import flow_app_factory
 from appliance.bot.flow import EXAMPLE_FLOW, load_flow
@@ -37,12 +39,8 @@ SETTLE_S = 10.0  # at most this long for a round's last calls (and their BYEs) t
 
 
 def rss_mb() -> float:
-    """This process's resident memory now, MB (Linux)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    """This process's resident memory now, MiB (Linux)."""
+    return rss_mib(os.getpid())
 
 
 @dataclass
