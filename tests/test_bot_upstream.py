@@ -127,7 +127,7 @@ def test_answer_checks() -> None:
 
 def test_failures_in_a_row_open_the_breaker_and_a_probe_closes_it(peer: OpenAiPeer) -> None:
     async def calls() -> list[tuple[str, float]]:
-        client = LlmClient(UpstreamOptions(peer.url, KEY, timeout_s=1.0, breaker_failures=2, breaker_cooldown_s=0.5))
+        client = LlmClient(UpstreamOptions(peer.url, KEY, timeout_s=1.0), breaker=Breaker("peer", 2, 0.5))
         outcomes = []
         try:
             for when in range(5):
@@ -140,6 +140,7 @@ def test_failures_in_a_row_open_the_breaker_and_a_probe_closes_it(peer: OpenAiPe
                     outcomes.append(("answered", time.monotonic() - started))
                 except UpstreamError as exc:
                     outcomes.append((exc.reason, time.monotonic() - started))
+            assert client.breaker is not None
             assert client.breaker.snapshot()["trips"] == 1 and client.breaker.state == "closed"
             return outcomes
         finally:
@@ -165,5 +166,9 @@ def test_the_breaker_states() -> None:
     assert breaker.state == "open" and breaker.trips == 1
     now[0] = 20
     assert breaker.allow()
+    breaker.release()  # that call never went out: the next one probes
+    assert breaker.allow() and not breaker.allow()
+    now[0] = 30  # a probe that never reported (its caller was cancelled) stands for one cooldown
+    assert breaker.allow()
     breaker.succeeded()
-    assert breaker.state == "closed" and breaker.snapshot()["refused"] == 2
+    assert breaker.state == "closed" and breaker.snapshot()["refused"] == 3

@@ -27,6 +27,7 @@ from appliance.bench.corpus import Prompt
 from appliance.bench.text import normalise, wer
 from appliance.bot.engine import Action, FlowEngine, Listen
 from appliance.bot.flow import parse_flow
+from appliance.bot.routed import RoutedLlm
 from appliance.bot.upstream import LlmClient, UpstreamOptions
 from appliance.config.upstream import UpstreamSettings
 from appliance.device import Device
@@ -150,30 +151,41 @@ def test_the_bots_llm_step_and_summary_are_answered_by_smollm2(tier: Tier) -> No
 
 
 def test_killed_mid_call_the_breaker_opens_and_the_call_goes_on_then_it_closes(tier: Tier) -> None:
-    async def call() -> tuple[list[tuple[str, float, str]], LlmClient]:
-        client = LlmClient(UpstreamOptions(f"{tier.url}/v1", tier.key, timeout_s=3.0, temperature=0, seed=7,
-                                           breaker_failures=2, breaker_cooldown_s=1.0))
-        turns = []
-        for when in range(4):
-            engine = FlowEngine(parse_flow(FAQ), llm=client)
-            await engine.start()
-            if when == 0:
-                tier.kill()  # the tier dies while the caller is on the line
-            started = time.monotonic()
-            reply = await engine.on_speech("What time do you open in the morning?")
-            reason = next((t.text for t in engine.record.turns if t.who == "system"), "answered")
-            turns.append((reason, time.monotonic() - started, said(reply)))
-            if when == 2:
-                await asyncio.to_thread(tier.start)  # back
-                await asyncio.sleep(1.1)  # the breaker's cooldown: the next call probes
-        return turns, client
+    routes = Routes(UpstreamSettings.model_validate({
+        "endpoints": {"tier": {"base_url": f"{tier.url}/v1", "api_key": tier.key, "timeout_s": 3.0,
+                               "breaker_failures": 2, "breaker_cooldown_s": 1.0}},
+        "routes": {"chat": [{"endpoint": "tier"}]}}))
+    breaker = routes.endpoints["tier"].breaker
 
-    turns, client = asyncio.run(call())
+    async def call() -> list[tuple[str, float, str]]:
+        llm = RoutedLlm(routes, "chat", temperature=0, seed=7)  # the device's path: routes, budget, breaker
+        turns = []
+        try:
+            for when in range(4):
+                engine = FlowEngine(parse_flow(FAQ), llm=llm)
+                await engine.start()
+                if when == 0:
+                    tier.kill()  # the tier dies while the caller is on the line
+                started = time.monotonic()
+                reply = await engine.on_speech("What time do you open in the morning?")
+                reason = next((t.text for t in engine.record.turns if t.who == "system"), "answered")
+                turns.append((reason, time.monotonic() - started, said(reply)))
+                if when == 2:
+                    await asyncio.to_thread(tier.start)  # back
+                    await asyncio.sleep(1.1)  # the breaker's cooldown: the next call probes
+        finally:
+            await llm.aclose()
+        return turns
+
+    turns = asyncio.run(call())
     assert [t[0] for t in turns] == ["LLM fallback: unavailable", "LLM fallback: unavailable",
                                      "LLM fallback: breaker open", "answered"], turns
     assert all("Let me find someone" in t[2] for t in turns[:3])  # the call went on at its fallback step
     assert all(t[1] < 3.0 + 0.5 for t in turns[:2]) and turns[2][1] < 0.05  # within the step's deadline; open: at once
-    assert client.breaker.state == "closed" and client.breaker.trips == 1
+    assert breaker.state == "closed" and breaker.trips == 1
+    counted = generate_latest(routes.registry).decode()
+    assert 'appliance_upstream_requests_total{endpoint="tier",outcome="unavailable",task="chat"} 2.0' in counted
+    assert 'appliance_upstream_fallbacks_total{reason="breaker open",task="chat"} 1.0' in counted
 
 
 def test_quotas_refuse_with_retry_after_and_a_dead_backend_is_started_again(tmp_path: Path, store: ModelStore) -> None:

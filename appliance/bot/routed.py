@@ -1,6 +1,7 @@
 """The call bot's LLM through the device's upstream routes: a task's routes (chat for `llm` steps, summary for
-call records) tried in order within the first route's budget, each endpoint through its own client and circuit
-breaker; when none answers, ``UpstreamError`` and the flow goes on at its fallback (the local path)."""
+call records) tried in order within the first route's budget, each endpoint through its own client (its circuit
+breaker is the route's: an answer the guards refuse is no failure of the link); when none answers,
+``UpstreamError`` and the flow goes on at its fallback (the local path)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from appliance.config.upstream import RouteTask
 from appliance.runtime.routes import Endpoint, Routes
 
 FINAL = ("injection",)  # the caller's words, not the upstream: no other route would do better
+LINK = ("timeout", "unavailable")  # the endpoint did not answer: its breaker counts these
 
 
 class RoutedLlm:
@@ -32,8 +34,7 @@ class RoutedLlm:
             if known is not None:
                 self._stale.append(known[1])
             client = LlmClient(UpstreamOptions(endpoint.base_url, endpoint.api_key, endpoint.model,
-                                               endpoint.settings.timeout_s, **self.options),  # type: ignore[arg-type]
-                               breaker=endpoint.breaker)
+                                               endpoint.settings.timeout_s, **self.options))  # type: ignore[arg-type]
             self._clients[endpoint.name] = known = (endpoint, client)
         return known[1]
 
@@ -43,15 +44,19 @@ class RoutedLlm:
             reason = "breaker open" if self.routes.has(self.task) else "no route"
             raise UpstreamError(reason, f"no upstream route for {self.task} is usable now")
         error = UpstreamError("timeout", "no time left in the budget")
-        for attempt in self.routes.attempts(self.task, plan, guard=False):  # the client keeps the breaker
+        for attempt in self.routes.attempts(self.task, plan):
             try:
                 answer: str = await getattr(self._client(attempt.route.endpoint), call)(*args,
                                                                                          timeout_s=attempt.timeout_s)
             except UpstreamError as exc:
-                attempt.failed(exc.reason)
                 error = exc
-                if exc.reason in FINAL:
+                if exc.reason in FINAL:  # the caller's words never left the device
+                    attempt.dropped(exc.reason)
                     break
+                if exc.reason in LINK:
+                    attempt.failed(exc.reason)
+                else:
+                    attempt.refused(exc.reason)
                 continue
             attempt.ok()
             return answer

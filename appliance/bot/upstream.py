@@ -131,8 +131,6 @@ class UpstreamOptions:
     temperature: float = 0.2
     system_role: bool = True  # False for chat templates without one (Gemma): instructions lead the first turn
     seed: int | None = None  # a fixed sampling seed (tests; with temperature 0 the answers repeat)
-    breaker_failures: int = 3  # failures in a row that open the circuit breaker: then fallbacks come at once
-    breaker_cooldown_s: float = 15.0  # until one request probes whether the upstream is back
 
 
 class LlmClient:
@@ -145,7 +143,7 @@ class LlmClient:
 
         self.options = options
         self.timeout_s = options.timeout_s
-        self.breaker = breaker or Breaker(options.base_url, options.breaker_failures, options.breaker_cooldown_s)
+        self.breaker = breaker  # None: whoever uses the client keeps the breaker (the device's routes do)
         self._client = AsyncOpenAI(base_url=options.base_url, api_key=options.api_key or "unused",
                                    timeout=options.timeout_s, max_retries=0)
 
@@ -156,15 +154,18 @@ class LlmClient:
         await self._client.close()
 
     async def _complete(self, messages: list[dict[str, str]], timeout_s: float | None = None) -> str:
-        if not self.breaker.allow():
-            raise UpstreamError("breaker open", f"{self.breaker.failures} failures in a row; next try in "
-                                f"{self.breaker.retry_in():.0f} s")
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            raise UpstreamError("breaker open", f"{breaker.failures} failures in a row; next try in "
+                                f"{breaker.retry_in():.0f} s")
         try:
             content = await self._request(messages, self.options.timeout_s if timeout_s is None else timeout_s)
         except UpstreamError:
-            self.breaker.failed()
+            if breaker is not None:
+                breaker.failed()
             raise
-        self.breaker.succeeded()  # the server answered: what the guards make of the answer is not its failure
+        if breaker is not None:
+            breaker.succeeded()  # the server answered: what the guards make of the answer is not its failure
         if not isinstance(content, str) or not content.strip():
             raise UpstreamError("unusable answer", "empty reply")
         return content

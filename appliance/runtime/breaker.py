@@ -1,6 +1,7 @@
 """A circuit breaker for a remote endpoint (the upstream tier): after ``failures`` failures in a row it opens and
 every call is refused at once, so the local path answers without waiting for a timeout; after ``cooldown_s`` one
-call is let through as a probe (half-open): its success closes the breaker, its failure opens it again."""
+call is let through as a probe (half-open): its success closes the breaker, its failure opens it again. A probe
+that never reports (its caller was cancelled) stands for at most another cooldown, then the next call probes."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class Breaker:
         self.name, self.failures, self.cooldown_s, self._clock = name, failures, cooldown_s, clock
         self._failed = 0  # failures in a row
         self._opened_at: float | None = None
-        self._probing = False
+        self._probing: float | None = None  # when the probe now out was let through
         self.trips = 0  # times it opened
         self.refused = 0  # calls refused while open
         self._lock = threading.Lock()
@@ -37,23 +38,30 @@ class Breaker:
         """Whether a call may go out now (in half-open, only one probe at a time)."""
         with self._lock:
             state = self._state()
-            if state == "closed" or (state == "half-open" and not self._probing):
-                self._probing = state == "half-open"
+            now = self._clock()
+            if state == "closed" or (state == "half-open" and (self._probing is None
+                                                                or now - self._probing >= self.cooldown_s)):
+                self._probing = now if state == "half-open" else None
                 return True
             self.refused += 1
             return False
 
     def succeeded(self) -> None:
         with self._lock:
-            self._failed, self._opened_at, self._probing = 0, None, False
+            self._failed, self._opened_at, self._probing = 0, None, None
 
     def failed(self) -> None:
         with self._lock:
             self._failed += 1
-            if self._probing or (self._opened_at is None and self._failed >= self.failures):
+            if self._probing is not None or (self._opened_at is None and self._failed >= self.failures):
                 self.trips += self._opened_at is None
                 self._opened_at = self._clock()
-            self._probing = False
+            self._probing = None
+
+    def release(self) -> None:
+        """The call let through never went out: a probe's turn passes to the next call."""
+        with self._lock:
+            self._probing = None
 
     def retry_in(self) -> float:
         """Seconds until the next probe may go out (0 when closed or half-open)."""

@@ -64,22 +64,30 @@ class Route:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One route's turn at a piece of work, with the time it may take; ``ok``/``failed`` count the outcome and
-    tell the endpoint's breaker (unless the caller's client keeps the breaker itself)."""
+    """One route's turn at a piece of work, with the time it may take; ``ok``/``failed``/``refused``/``dropped``
+    count the outcome and tell the endpoint's breaker whether the server answered."""
 
     routes: Routes
     route: Route
     timeout_s: float
-    guard: bool
 
     def ok(self) -> None:
-        if self.guard:
-            self.route.endpoint.breaker.succeeded()
+        self.route.endpoint.breaker.succeeded()
         self.routes.outcome(self.route, "ok")
 
     def failed(self, reason: str) -> None:
-        if self.guard:
-            self.route.endpoint.breaker.failed()
+        """The endpoint did not answer (timeout, refused, an error status): a failure for its breaker."""
+        self.route.endpoint.breaker.failed()
+        self.routes.outcome(self.route, reason)
+
+    def refused(self, reason: str) -> None:
+        """The endpoint answered, but not usably (a guard refused the answer): no failure of the link."""
+        self.route.endpoint.breaker.succeeded()
+        self.routes.outcome(self.route, reason)
+
+    def dropped(self, reason: str) -> None:
+        """Nothing was sent (the work was refused before it left): the breaker learns nothing."""
+        self.route.endpoint.breaker.release()
         self.routes.outcome(self.route, reason)
 
 
@@ -138,21 +146,21 @@ class Routes:
             self.fallbacks.labels(task, "breaker open").inc()
         return chosen
 
-    def attempts(self, task: RouteTask, plan: list[Route], guard: bool = True) -> Iterator[Attempt]:
+    def attempts(self, task: RouteTask, plan: list[Route]) -> Iterator[Attempt]:
         """The plan's routes in order, each with what is left of the task's budget (cut to the route's own), until
-        the budget is spent; with ``guard``, a route whose breaker refuses the call now is skipped (the caller
-        then reports the attempt's outcome, which goes to the breaker)."""
+        the budget is spent; a route whose breaker refuses the call now is skipped (the caller then reports the
+        attempt's outcome, which goes to the breaker)."""
         deadline = time.monotonic() + self.budget(task)
         for route in plan:
             timeout_s = route.timeout_s(deadline)
             if timeout_s <= MIN_TIMEOUT_S:
                 return
-            if guard and not route.endpoint.breaker.allow():
+            if not route.endpoint.breaker.allow():
                 continue
-            yield Attempt(self, route, timeout_s, guard)
+            yield Attempt(self, route, timeout_s)
 
     def outcome(self, route: Route, outcome: str) -> None:
-        """Count a request's outcome: ok, or why not (the client tells the endpoint's breaker itself)."""
+        """Count a request's outcome: ok, or why not."""
         self.requests.labels(route.task, route.endpoint.name, outcome).inc()
 
     def fell_back(self, task: RouteTask, reason: str) -> None:
