@@ -5,6 +5,7 @@ the `openai` SDK and the call bot's own LLM client; the server is killed mid-cal
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +128,39 @@ def ask(url: str, key: str, *utterances: str) -> tuple[FlowEngine, list[list[Act
             await client.aclose()
 
     return asyncio.run(go())
+
+
+def test_doctor_probes_each_endpoint_and_prints_the_routes(tier: Tier, tmp_path: Path, store: ModelStore) -> None:
+    config = tmp_path / "device.toml"
+    config.write_text(f'''[models]
+store = "{store.root}"
+[upstream]
+base_url = "{tier.url}/v1"
+api_key = "{tier.key}"
+[upstream.endpoints.stale]
+base_url = "{tier.url}/v1"
+api_key = "ak_revoked"
+[upstream.endpoints.down]
+base_url = "http://127.0.0.1:{free_port()}/v1"
+[[upstream.routes.chat]]
+endpoint = "stale"
+budget_s = 2
+[[upstream.routes.chat]]
+endpoint = "default"
+[[upstream.routes.translation]]
+endpoint = "down"
+when = "not-local"
+pairs = ["fr-de"]
+''')
+    shown = appliance("--config", str(config), "doctor", "--json")
+    report = json.loads(shown.stdout)["upstream"]
+    probes = {name: e["probe"] for name, e in report["endpoints"].items()}
+    assert probes["default"].startswith("reachable, serves") and MODEL in probes["default"], probes
+    assert probes["stale"] == "reachable, refuses the key (HTTP 401)" and probes["down"].startswith("unreachable")
+    assert tier.key not in shown.stdout and "ak_revoked" not in shown.stdout  # keys never printed
+    assert [(r["endpoint"], r["budget_s"]) for r in report["routes"]["chat"]] == [("stale", 2.0), ("default", None)]
+    table = appliance("--config", str(config), "doctor").stdout
+    assert "refuses the key" in table and "fr-de" in table and "not-local" in table
 
 
 def test_the_bots_llm_step_and_summary_are_answered_by_smollm2(tier: Tier) -> None:

@@ -66,11 +66,21 @@ def upstream(device: Device, timeout_s: float = 3.0) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         try:
             reply = httpx.get(f"{endpoint.base_url.rstrip('/')}/models", headers=headers, timeout=timeout_s)
-            reply.raise_for_status()
-            served = [m.get("id") for m in reply.json().get("data", []) if isinstance(m, dict)]
-            table["endpoints"][name]["probe"] = f"reachable, serves {', '.join(map(str, served)) or 'nothing'}"
+            if reply.status_code in (401, 403):
+                probe = f"reachable, refuses the key (HTTP {reply.status_code})"
+            else:
+                reply.raise_for_status()
+                served = [m.get("id") for m in reply.json().get("data", []) if isinstance(m, dict)]
+                probe = f"reachable, serves {', '.join(map(str, served)) or 'nothing'}"
+        except httpx.HTTPStatusError as exc:
+            probe = f"reachable, answers HTTP {exc.response.status_code}"
+        except httpx.TimeoutException:
+            probe = f"unreachable: no answer within {timeout_s:g} s"
+        except httpx.TransportError as exc:
+            probe = f"unreachable: {exc.__class__.__name__}: {str(exc)[:80]}"
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            table["endpoints"][name]["probe"] = f"unreachable: {type(exc).__name__}: {str(exc)[:120]}"
+            probe = f"unusable answer: {type(exc).__name__}"
+        table["endpoints"][name]["probe"] = probe
     return table
 
 
