@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.bench.corpus import Prompt
+from appliance.bench.corpus import Prompt, load_prompts
 from appliance.bench.text import normalise, wer
-from appliance.voice.asr import AsrError, AsrOptions
+from appliance.voice.asr import AsrError, AsrOptions, AsrResult, _without_restarts
 from appliance.voice.stack import VoiceStack
 
 
@@ -19,6 +19,31 @@ def test_fast_window_matches_the_30_s_window(stack: VoiceStack, prompts_en: list
     assert all(r.window_frames == 3000 for r in full)
     assert wer([r.text for r in full], [r.text for r in fast]) <= 0.08  # both wrong on "Agent Logged off"
     assert wer([p.text for p in prompts_en], [r.text for r in fast]) <= 0.15
+
+
+def test_a_fast_window_that_restarts_its_transcript_keeps_the_first_copy(stack: VoiceStack) -> None:
+    """After the speech, the short window's padding makes Whisper start the transcript again; the first copy is
+    the transcript (no 30 s decode, which costs 5-10x as much)."""
+    asr = stack.asr["whisper-tiny-en"]
+    every = {p.name: p for p in load_prompts("en", 100_000, 1.5, 4.0)}
+    for name in ("tt-weasels", "vm-tohearenv"):
+        audio = np.concatenate([np.zeros(5120, np.float32), every[name].audio])  # the endpointer's pre-roll
+        raw = asr._decode(audio, AsrOptions(language="en"), fast=True)
+        heard = asr.transcribe(audio, AsrOptions(language="en"))
+        assert len(raw.words) > 2 * len(heard.words), raw.text  # it did restart (the case under test)
+        assert not heard.fell_back and heard.window_frames < 3000
+        assert wer([every[name].text], [heard.text]) <= 0.2, heard.text
+
+
+def test_only_whole_sentence_restarts_are_cut() -> None:
+    def cut(text: str) -> str:
+        return _without_restarts(AsrResult(text, "en", 1.0, 0.0, 0.0, 1.0, 500, words=tuple(text.split()))).text
+
+    assert cut("Then press pound. Then press pound. Then") == "Then press pound."
+    assert cut("Which? which? Which") == "Which?"
+    assert cut("Agent login Agent login.") == "Agent login Agent login."  # said twice, no sentence between
+    assert cut("Yes. Yes, I said yes.") == "Yes. Yes, I said yes."
+    assert cut("Press one. Then press one.") == "Press one. Then press one."
 
 
 def test_spanish_is_identified_and_translated_to_english(stack: VoiceStack, prompts_es: list[Prompt]) -> None:

@@ -87,6 +87,8 @@ class WhisperAsr:
         start = time.perf_counter()
         duration = len(audio) / SAMPLE_RATE
         result = self._decode(audio, options, fast=options.fast_window)
+        if options.fast_window:
+            result = _without_restarts(result)
         if options.fast_window and options.fallback and _degenerate(result, duration, options.task):
             result = self._decode(audio, options, fast=False)
             result = replace(result, fell_back=True)
@@ -164,6 +166,23 @@ def _degenerate(result: AsrResult, duration: float, task: str) -> bool:
     words_per_second = len(result.words) / max(duration, 0.5)
     unsure = task == "transcribe" and result.avg_logprob < -1.5
     return result.compression_ratio > 2.0 or unsure or words_per_second > 5.0 or _loops(result.words)
+
+
+def _without_restarts(result: AsrResult) -> AsrResult:
+    """The first sentence(s) of a fast-window decode that restarts itself: after the speech, the silence padding
+    the short window makes Whisper start the same transcript again ("Then press pound. Then press pound.
+    Then"), a copy of it from the first word, often cut off. When the words are nothing but such copies of a
+    prefix that ends a sentence, the prefix is the transcript: no 30 s decode needed (it costs 5-10x as much).
+    A phrase said twice inside a longer sentence is not a restart, and is left alone."""
+    words = result.words
+    norm = ["".join(c for c in w.lower() if c.isalnum()) for w in words]
+    for size in range(1, len(words) // 2 + 1):
+        if words[size - 1][-1:] not in (".", "?", "!"):
+            continue
+        if all(norm[i] == norm[i % size] for i in range(size, len(words))):
+            text = " ".join(words[:size])
+            return replace(result, text=text, words=words[:size], compression_ratio=_compression_ratio(text))
+    return result
 
 
 def _loops(words: tuple[str, ...], min_phrase: int = 2) -> bool:
