@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 EMULATION_PACKAGES := qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
 
-.PHONY: run console upstream test setup system venv converter models check clean lock wheelhouse debian-versions hil test-images
+.PHONY: run console upstream test setup system venv converter bench-peers models check clean lock wheelhouse debian-versions hil test-images
 
 run: setup
 	-$(BIN)/appliance doctor
@@ -33,7 +33,7 @@ upstream: setup
 	$(BIN)/appliance models pull smollm2-135m-instruct
 	$(BIN)/appliance upstream serve
 
-test: setup check
+test: setup bench-peers check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: venv
@@ -89,6 +89,7 @@ lock:
 	  -o requirements/device.txt
 	$(UV_COMPILE) --universal --no-deps requirements/nodeps.in -o requirements/nodeps.txt
 	$(UV_COMPILE) --python-platform x86_64-manylinux_2_28 requirements/convert.in -c requirements/constraints.in -o requirements/convert.txt
+	$(UV_COMPILE) --python-platform x86_64-manylinux_2_28 requirements/pipecat.in -o requirements/pipecat.txt
 
 # The Debian packages above as installed here: the versions the tests last passed with.
 debian-versions:
@@ -121,8 +122,20 @@ test-images: setup
 	else echo "as root: apt-get install $(EMULATION_PACKAGES), mount binfmt_misc, update-binfmts --enable"; fi
 	APPLIANCE_TEST_IMAGES=1 $(BIN)/pytest tests/test_image_arm64.py $(PYTEST_ARGS)
 
+# The benchmark's peers, each in a venv of its own (never the product's): Pipecat for `appliance bench voice
+# --peer pipecat` (.venv-pipecat, from requirements/pipecat.txt).
+PIPECAT_STAMP := .venv-pipecat/.installed-$(shell cat requirements/build.txt requirements/pipecat.txt | sha256sum | cut -c1-12)
+
+bench-peers: $(PIPECAT_STAMP)
+
+$(PIPECAT_STAMP): requirements/build.txt requirements/pipecat.txt
+	$(PYTHON) -m venv --clear .venv-pipecat
+	.venv-pipecat/bin/pip install -q --require-hashes -r requirements/build.txt
+	.venv-pipecat/bin/pip install -q --require-hashes --no-build-isolation -r requirements/pipecat.txt
+	touch $@
+
 models: venv converter
 	APPLIANCE_MODELS__CONVERTER_PYTHON=$(CURDIR)/.venv-convert/bin/python $(BIN)/appliance models pull
 
 clean:
-	rm -rf $(VENV) .venv-convert .venv-lock dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-convert .venv-pipecat .venv-lock dist .pytest_cache .mypy_cache .ruff_cache

@@ -59,13 +59,31 @@ def test_bad_inputs_are_clear(env: dict[str, str], tmp_path: Path) -> None:
     assert proc.returncode == 2
 
 
-def test_bench_voice_runs_and_writes_json(env: dict[str, str], tmp_path: Path) -> None:
+def test_bench_voice_runs_side_by_side_with_pipecat_and_writes_json(env: dict[str, str], tmp_path: Path) -> None:
+    """The in-process suites, and the echo bot through the realtime WebSocket against Pipecat's (its own venv,
+    `make bench-peers`) on the same prompts: both answer, both heard, ratios and goals in the JSON."""
     out = tmp_path / "voice.json"
-    proc = appliance("bench", "voice", "--limit", "1", "--json", str(out), env=env)
+    peer = Path(__file__).resolve().parents[1] / ".venv-pipecat" / "bin" / "python"
+    proc = appliance("bench", "voice", "--limit", "1", "--peer", "pipecat", "--peer-prompts", "2",
+                     "--peer-python", str(peer), "--json", str(out), env=env)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     for suite in ("echo_en", "interpret_es_en"):
         for mode in ("streaming", "naive"):
             assert results[suite][mode]["n"] + results[suite][mode]["missed"] == 1
     assert results["tts"]["rtf_mean"] > 0
-    assert "Voice-to-voice latency" in proc.stdout
+    side = results["peer"]
+    assert side["peer"] == "pipecat" and len(side["prompts"]) == 2
+    for bot in ("appliance_websocket", "pipecat"):
+        assert side[bot]["n"] == 2 and side[bot]["wer"] <= 0.5, side[bot]  # every turn answered, words heard
+        assert all(0 < t["latency_s"] < 5 for t in side[bot]["turns"])
+    assert side["speedup_p50"] > 0 and set(side["goals"]) >= {"p50_ms", "p95_ms", "wer_vs_peer", "speedup_p95"}
+    assert "Voice-to-voice latency" in proc.stdout and "side by side with pipecat" in proc.stdout
+
+
+def test_bench_voice_without_the_peers_venv_says_how_to_make_it(env: dict[str, str], tmp_path: Path) -> None:
+    proc = appliance("bench", "voice", "--peer", "pipecat", "--peer-python", str(tmp_path / "none" / "python"),
+                     env=env)
+    assert proc.returncode == 2 and "make bench-peers" in proc.stderr
+    proc = appliance("bench", "voice", "--peer", "livekit", env=env)
+    assert proc.returncode == 2 and "known: pipecat" in proc.stderr

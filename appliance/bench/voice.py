@@ -13,7 +13,7 @@ import contextlib
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -183,7 +183,9 @@ async def tts_suite(stack: VoiceStack, texts: list[str]) -> dict[str, Any]:
             "rtf_max": round(max(rtfs), 3), "round_trip_wer": round(wer(round_trip_refs, round_trip_hyps), 4)}
 
 
-async def run(stack: VoiceStack, limit: int, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+async def run(stack: VoiceStack, limit: int, progress: Callable[[str], None] | None = None,
+              peer: Callable[..., Awaitable[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The suites above; with ``peer`` (bench/peer.py's run, its options bound), the side-by-side run too."""
     en = load_prompts("en", limit)
     es = load_prompts("es", limit)
     warm = en[0].audio
@@ -200,6 +202,8 @@ async def run(stack: VoiceStack, limit: int, progress: Callable[[str], None] | N
             "interpret_es_en": await latency_suite(stack, es, "interpret", progress),
             "tts": await tts_suite(stack, [p.text for p in en[:10]]),
         }
+        if peer is not None:
+            results["peer"] = await peer(stack, progress=progress or (lambda _: None))
     await stack.stop()
     return results
 

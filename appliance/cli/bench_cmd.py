@@ -26,18 +26,50 @@ app = typer.Typer(help="Benchmarks (figures as ratios against a baseline measure
 def voice(
     ctx: typer.Context,
     limit: int = typer.Option(20, min=1, help="Prompts per language."),
+    peer: str | None = typer.Option(None, help="Also run this peer side by side with the appliance's realtime "
+                                    "WebSocket on the same prompts (pipecat; its venv: make bench-peers)."),
+    peer_prompts: int = typer.Option(20, min=1, help="English prompts of the side-by-side run."),
+    peer_python: Path = typer.Option(Path(".venv-pipecat/bin/python"), help="The peer venv's Python."),
     out: Path = typer.Option(Path("bench-results/voice.json"), "--json", help="Where to write the JSON."),
 ) -> None:
-    """Voice-to-voice latency (echo bot, es→en interpretation) vs a naive baseline; WER; TTS speed."""
+    """Voice-to-voice latency (echo bot, es→en interpretation) vs a naive baseline; WER; TTS speed; with
+    --peer pipecat, the echo bot through the WebSocket against Pipecat's on the same models."""
     from appliance.bench.voice import run
 
+    if peer not in (None, "pipecat"):
+        raise typer.BadParameter(f"unknown peer {peer!r} (known: pipecat)", param_hint="--peer")
     state: CliState = ctx.obj
+    side_by_side = _peer_run(state, peer_prompts, peer_python) if peer else None
     stack = state.device.voice_stack()
-    # two languages, two pipelines each
-    results = _with_progress("turns fed in real time", 4 * limit, lambda step: asyncio.run(run(stack, limit, step)))
+    # two languages, two pipelines each (and the side-by-side: the WebSocket's turns and Pipecat's)
+    steps = 4 * limit + (peer_prompts + 1 if peer else 0)
+    results = _with_progress("turns fed in real time", steps,
+                             lambda step: asyncio.run(run(stack, limit, step, side_by_side)))
     _write(out, results)
     render(results)
     Console().print(f"JSON: {out}")
+
+
+def _peer_run(state: CliState, prompts: int, python: Path) -> Any:
+    """The side-by-side run for `bench voice`: the peer on the models the appliance chose for English."""
+    import functools
+
+    from appliance.bench import peer
+    from appliance.errors import ApplianceError
+
+    if not python.exists():
+        raise ApplianceError(f"Pipecat's venv is missing ({python}); fix: make bench-peers")
+    device = state.device
+    piper = next((m for m in device.catalog.models if m.kind == "piper" and "en" in m.languages
+                  and device.store.is_active(m.id)), None)
+    whisper = next((m for m in device.catalog.models if m.kind == "whisper" and m.languages == ["en"]
+                    and device.store.is_active(m.id)), None)
+    if piper is None or whisper is None:
+        raise ApplianceError("the side-by-side run needs an English-only Whisper and an English Piper voice; "
+                             "fix: appliance models pull")
+    return functools.partial(peer.run, count=prompts, python=python,
+                             whisper=device.store.resolve(whisper.id).file("ct2"),
+                             piper=device.store.resolve(piper.id).file("onnx", ".onnx"))
 
 
 @app.command("api")
@@ -350,6 +382,23 @@ def _write(out: Path, results: dict[str, Any]) -> None:
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
 
 
+def _render_peer(side: dict[str, Any]) -> None:
+    table = Table(title=f"English echo side by side with {side['peer']} ({len(side['prompts'])} prompts, same models, "
+                        f"last sample within {-side['floor_db']:g} dB → first answer audio)")
+    for col in ("bot", "n", "p50 ms", "p95 ms", "mean ms", "missed", "WER"):
+        table.add_column(col)
+    for key, label in (("appliance_websocket", "this appliance, realtime WebSocket"),
+                       ("pipecat", "Pipecat, in process")):
+        r = side[key]
+        table.add_row(label, str(r["n"]), str(r.get("p50_ms", "-")), str(r.get("p95_ms", "-")),
+                      str(r.get("mean_ms", "-")), str(r["missed"]), f"{100 * r['wer']:.1f} %")
+    Console().print(table)
+    Console().print(f"speed-up over {side['peer']}: {side.get('speedup_p50', '-')}× p50, "
+                    f"{side.get('speedup_p95', '-')}× p95; WER of a 30 s-window decode: "
+                    f"{100 * side['wer_30s_window']:.1f} %")
+    Console().print("goals: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in side["goals"].items()))
+
+
 def render(results: dict[str, Any]) -> None:
     table = Table(title="Voice-to-voice latency (last speech sample in → first synthesised sample out)")
     for col in ("pipeline", "mode", "n", "p50 ms", "p95 ms", "missed", "WER", "speed-up p50 / p95"):
@@ -364,6 +413,8 @@ def render(results: dict[str, Any]) -> None:
             table.add_row(label, mode, str(r["n"]), str(r.get("p50_ms", "-")), str(r.get("p95_ms", "-")),
                           str(r["missed"]), wer, speedup)
     Console().print(table)
+    if "peer" in results:
+        _render_peer(results["peer"])
     tts = results["tts"]
     table = Table(title="TTS (Piper, phrase streaming)")
     for col in ("first audio p50 ms", "first audio p95 ms", "RTF mean", "RTF max", "round-trip WER"):
