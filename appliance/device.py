@@ -144,7 +144,7 @@ class Device:
         conf = self.settings.voice
         allocator.trim()  # what loading and the smoke inferences freed
         return VoiceStack(asr, vad_session, voices, translators, vad_kind=conf.vad,
-                          endpoint=EndpointOptions(hangover_ms=conf.hangover_ms),
+                          endpoint=EndpointOptions(hangover_ms=conf.hangover_ms, rejoin_ms=conf.rejoin_ms),
                           partial_interval_s=conf.partial_interval_s, tts_first_words=conf.tts_first_words,
                           release=holds.close, escalate=AsrEscalation(self.routes))
 

@@ -9,12 +9,12 @@ import time
 import numpy as np
 
 from appliance.audio.queue import PcmQueue
-from appliance.bench.corpus import Prompt
+from appliance.bench.corpus import Prompt, load_prompts
 from appliance.bench.text import wer
 from appliance.sessions import EventRelay, SessionSpec, open_conversation
 from appliance.voice.asr import AsrOptions
 from appliance.voice.conversation import Conversation, OutEvent, Speech
-from appliance.voice.endpoint import SpeechStarted
+from appliance.voice.endpoint import EndpointOptions, SpeechStarted
 from appliance.voice.listener import ListenerEvent, Transcript
 from appliance.voice.stack import VoiceStack
 
@@ -53,8 +53,37 @@ def test_streaming_finals_match_batch(stack: VoiceStack, prompts_en: list[Prompt
             assert b.committed.startswith(a.committed)
     asr = stack.asr["whisper-tiny-en"]
     batch = " ".join(asr.transcribe(p.audio, AsrOptions(language="en")).text for p in chosen)
-    streamed = " ".join(f.text for f in finals)
+    last = {f.utterance: f.text for f in finals}  # a rejoined turn's last final is the whole of it
+    streamed = " ".join(last.values())
     assert wer([batch], [streamed]) <= 0.1, (batch, streamed)
+
+
+def test_a_pause_a_little_over_the_hangover_does_not_cut_the_sentence(stack: VoiceStack) -> None:
+    """Asterisk's "Which … folder should I save the message to?" pauses 220 ms after "Which": the endpointer
+    ends the turn (200 ms hangover), speech starts again at once and rejoins it: the turn's last final is the
+    whole sentence, under the same utterance number; without rejoining, the second turn lost "folder"."""
+    prompt = next(p for p in load_prompts("en", 100_000, 1.5, 4.0) if p.name == "vm-savefolder")
+
+    def finals(rejoin_ms: int) -> list[Transcript]:
+        events: list[ListenerEvent] = []
+
+        async def emit(event: ListenerEvent) -> None:
+            events.append(event)
+
+        async def run() -> None:
+            listener = stack.listener(AsrOptions(language="en"), emit,
+                                      endpoint=EndpointOptions(hangover_ms=200, rejoin_ms=rejoin_ms))
+            await feed(listener, np.concatenate([SILENCE[:8000], prompt.audio, SILENCE]))
+            await listener.close()
+
+        asyncio.run(run())
+        return [e for e in events if isinstance(e, Transcript) and e.final and not e.provisional]
+
+    rejoined = finals(300)
+    assert len({f.utterance for f in rejoined}) == 1 and len(rejoined) == 2, rejoined  # early final, then whole
+    assert rejoined[-1].text.lower().startswith("which folder"), rejoined  # tiny.en hears "say this message too"
+    cut = finals(0)
+    assert len({f.utterance for f in cut}) == 2 and "folder" not in cut[-1].text.lower(), cut
 
 
 def test_barge_in_stops_playout_within_100_ms(stack: VoiceStack, prompts_en: list[Prompt]) -> None:

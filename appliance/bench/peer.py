@@ -7,7 +7,8 @@ same prompts.
 Prompts: ``count`` spread evenly (alphabetical order) over the Asterisk English prompts of 1.5 to 4 s with
 transcripts. Each is fed at real time in 20 ms frames, 0.5 s of silence before and 2 s after. Latency = first
 answer audio minus the moment the frame holding the prompt's last sample within 40 dB of its loudest 10 ms window
-was fed (the same frame index for both).
+was fed (the same frame index for both); the appliance's answer is the one after the last barge-in (`flush`)
+before that moment, and may begin before it (a negative latency).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ async def websocket_turn(url: str, token: str, prompt: Prompt) -> PeerTurn:
 
     audio, last_frame = framed(prompt)
     marked: list[float] = []
-    first_audio: list[float] = []
+    answers: list[float] = []  # arrival of each answer chunk
+    flushes: list[float] = []  # barge-ins: what came before is not the answer heard
     finals: dict[int, str] = {}
     done = asyncio.Event()
     ws_url = url.replace("http://", "ws://") + "/v1/stream"
@@ -94,8 +96,10 @@ async def websocket_turn(url: str, token: str, prompt: Prompt) -> PeerTurn:
                 if isinstance(message, bytes):
                     continue
                 event = json.loads(message)
-                if event["type"] == "audio" and marked and not first_audio:
-                    first_audio.append(time.monotonic())
+                if event["type"] == "audio":
+                    answers.append(time.monotonic())
+                elif event["type"] == "flush":
+                    flushes.append(time.monotonic())
                 elif event["type"] == "caption" and event.get("final"):
                     finals[event["utterance"]] = event["source"]
                 elif event["type"] == "done":
@@ -109,19 +113,29 @@ async def websocket_turn(url: str, token: str, prompt: Prompt) -> PeerTurn:
             if delay > 0:
                 await asyncio.sleep(delay)  # a frame exists only once its 20 ms have been captured
             if index == last_frame:
-                first_audio.clear()
                 marked.append(time.monotonic())
             await ws.send(pcm16(audio[index * FRAME:(index + 1) * FRAME]))
         deadline = time.monotonic() + ANSWER_WAIT_S
-        while not first_audio and time.monotonic() < deadline:
+        while not (marked and answers and answers[-1] >= marked[0]) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await ws.send(json.dumps({"type": "stop"}))
         try:
             await asyncio.wait_for(done.wait(), 30)
         finally:
             receiver.cancel()
-    latency = first_audio[0] - marked[0] if first_audio and marked else None
-    return PeerTurn(prompt.name, latency, " ".join(finals[k] for k in sorted(finals)))
+    return PeerTurn(prompt.name, answer_latency(answers, flushes, marked[0] if marked else None),
+                    " ".join(finals[k] for k in sorted(finals)))
+
+
+def answer_latency(answers: list[float], flushes: list[float], marked: float | None) -> float | None:
+    """From the mark to the start of the answer heard: its first chunk after the last barge-in before the mark
+    (an answer to the first words of a turn, cut short when the speaker went on, is not it). An answer that
+    began while the prompt's last quiet sounds were still coming has a negative latency."""
+    if marked is None:
+        return None
+    cut = max((at for at in flushes if at <= marked), default=float("-inf"))
+    heard = [at for at in answers if at > cut]
+    return heard[0] - marked if heard else None
 
 
 async def websocket_suite(stack: VoiceStack, prompts: list[Prompt], progress: Progress) -> list[PeerTurn]:

@@ -147,7 +147,7 @@ class _Probe:
     loop: asyncio.AbstractEventLoop
     latencies: list[float] = field(default_factory=list)
     stages: list[dict[str, float]] = field(default_factory=list)
-    captions: list[str] = field(default_factory=list)
+    captions: dict[int, str] = field(default_factory=dict)  # by utterance: a rejoined turn's last final counts
     last_voiced: float | None = None
     waiting: bool = False  # the caller spoke since the last answer began
     marks: dict[str, float] = field(default_factory=dict)
@@ -167,7 +167,8 @@ class _Probe:
         kind = event.get("type")
         if kind == "caption" and event.get("final"):
             kind = "final_caption"
-            self.captions += [str(event["source"])] if event.get("source") else []
+            if event.get("source"):
+                self.captions[int(event.get("utterance", 0))] = str(event["source"])
         if kind in STAGES and self.waiting:
             self.marks.setdefault(str(kind), self.loop.time())
 
@@ -393,7 +394,7 @@ class _Bench:
                                 if (v := [stage[k] for stage in stages if k in stage])}
         if probes:
             references = [" ".join(self.prompts[p].text for p in self.turns_of(k)) for k in sorted(probes)]
-            result.wer = round(wer(references, [" ".join(probes[k].captions) for k in sorted(probes)]), 4)
+            result.wer = round(wer(references, [" ".join(probes[k].captions.values()) for k in sorted(probes)]), 4)
         return result
 
 

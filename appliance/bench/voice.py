@@ -42,12 +42,13 @@ class Mode:
     chunking: bool  # TTS speaks phrase by phrase
     partials: bool
     hangover_ms: int | None  # None: the configured voice.hangover_ms
+    rejoin: bool = True  # a turn cut by a pause a little over the hangover is continued (voice.rejoin_ms)
 
 
 STREAMING = Mode("streaming", True, True, True, True, None)
 # What a typical voice-agent stack does: confirm the end of speech, transcribe with the 30 s window,
 # synthesise the whole answer before any sound.
-NAIVE = Mode("naive", False, False, False, False, 250)
+NAIVE = Mode("naive", False, False, False, False, 250, rejoin=False)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Turn:
 async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> Turn:
     """Feed one prompt in real time through a conversation; measure from its last speech sample."""
     said: list[str] = []
-    heard: list[str] = []
+    heard: dict[int, str] = {}  # by utterance: a rejoined turn's last final is the whole of it
     first_after: list[float] = []
     last_fed: list[float] = []
 
@@ -73,11 +74,12 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
 
     async def keep_final(t: Transcript) -> None:
         if t.final and not t.provisional and t.text:
-            heard.append(t.text)
+            heard[t.utterance] = t.text
 
     options = AsrOptions(language=prompt.language, task="translate" if task == "interpret" else "transcribe",
                          fast_window=mode.fast_window)
-    endpoint = EndpointOptions(hangover_ms=mode.hangover_ms or stack.endpoint.hangover_ms)
+    endpoint = EndpointOptions(hangover_ms=mode.hangover_ms or stack.endpoint.hangover_ms,
+                               rejoin_ms=stack.endpoint.rejoin_ms if mode.rejoin else 0)
     tts = stack.tts("en", chunking=mode.chunking)
     conversation: Conversation
 
@@ -113,7 +115,7 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
         await asyncio.sleep(0.01)
     await asyncio.wait_for(conversation.close(), timeout=30)
     latency = first_after[0] - last_fed[0] if first_after and last_fed else None
-    return Turn(prompt.name, latency, " ".join(heard), " ".join(said))
+    return Turn(prompt.name, latency, " ".join(heard.values()), " ".join(said))
 
 
 @contextlib.contextmanager

@@ -63,6 +63,10 @@ class VoiceSettings(_Section):
     hangover_ms: int = Field(
         200, ge=60, le=3000, description="Silence that ends a turn; the final ASR pass overlaps it."
     )
+    rejoin_ms: int = Field(
+        300, ge=0, le=2000, description="Speech that starts again this soon after a turn ended continues that turn "
+        "(its final is redone over both parts); 0: never."
+    )
     partial_interval_s: float = Field(0.6, ge=0.1, le=10, description="How often partial transcripts are made.")
     tts_first_words: int = Field(3, ge=1, le=50, description="Words in the first synthesised phrase.")
 

@@ -47,7 +47,9 @@ class Interpreter:
             piece, self._spoken[transcript.utterance] = " ".join(words[done:cut]), cut
             await self.say(await self._translate(piece), transcript.utterance)
             return None
-        self._spoken.pop(transcript.utterance, None)
+        # A rejoined turn (listener.py) comes back under this number with the whole sentence: what was said stays
+        # said. Only the latest turn can be rejoined, so only its count is kept.
+        self._spoken = {transcript.utterance: len(words)}
         rest = " ".join(words[done:])
         translated = await self._translate(rest) if rest else ""
         if done and self.translator is not None:  # the caption wants the whole turn translated: off the hot path

@@ -23,6 +23,7 @@ class EndpointOptions:
     hangover_ms: int = 200  # silence after speech that ends the turn
     pre_roll_ms: int = 320  # audio kept from before the detected start
     max_utterance_s: float = 25.0  # a turn longer than this is ended (Whisper sees 30 s at most)
+    rejoin_ms: int = 300  # speech that starts again this soon after a turn ended continues that turn (0: never)
 
 
 @dataclass(frozen=True)

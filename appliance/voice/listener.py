@@ -4,6 +4,11 @@ Partials: every `partial_interval_s` of new speech the utterance so far is trans
 consecutive hypotheses agree on are committed (LocalAgreement-2) and never taken back. Final: started at
 the first silent window (SpeechPaused) so that decoding overlaps the hangover, discarded if speech resumes,
 and delivered when the hangover ends the turn.
+
+Rejoin: a speaker who pauses mid-sentence a little longer than the hangover ("Which … folder should I save it
+to?") ends a turn too early. Speech that starts again within ``rejoin_ms`` of that end continues the turn: the
+same utterance number, its passes decode the earlier audio and the new together, and its final (the whole
+sentence) follows the early one, which a barge-in has usually cut short.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import numpy as np
 from appliance.voice.asr import AsrOptions, AsrResult
 from appliance.voice.endpoint import Endpointer, SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
 from appliance.voice.scheduler import AsrScheduler
+from appliance.voice.vad import SAMPLE_RATE
 
 _ids = itertools.count(1)
 
 
 @dataclass(frozen=True)
 class Transcript:
-    """A partial or final hypothesis of one utterance."""
+    """A partial or final hypothesis of one utterance. A rejoined turn has two finals under one number: the last
+    is the whole of it."""
 
     utterance: int
     text: str
@@ -74,6 +81,8 @@ class Listener:
         self._committed: tuple[str, ...] = ()
         self._pause_time = 0.0
         self._partial_cost = 0.0  # compute seconds of the last partial pass
+        self._ended: tuple[float, np.ndarray] | None = None  # the last turn's end (stream time) and audio
+        self._before = np.zeros(0, np.float32)  # a rejoined turn's earlier audio, ahead of the endpointer's
 
     async def feed(self, samples: np.ndarray) -> None:
         """16 kHz mono float32 samples, in stream order."""
@@ -85,7 +94,7 @@ class Listener:
             elif isinstance(event, SpeechPaused):
                 self._pause_time = event.time
                 if self.speculative:
-                    self._final_task = asyncio.create_task(self._final_pass(event.audio))
+                    self._final_task = asyncio.create_task(self._final_pass(self._joined(event.audio)))
             elif isinstance(event, SpeechResumed):
                 self._discard_speculation()
                 await self.emit(event)
@@ -99,8 +108,8 @@ class Listener:
             interval = max(self.partial_interval_s, 2 * self._partial_cost)
             if idle and position - self._last_partial_at >= interval:
                 self._last_partial_at = position
-                self._partial_task = asyncio.create_task(self._partial_pass(self._utterance,
-                                                                            self.endpointer.utterance(), position))
+                self._partial_task = asyncio.create_task(self._partial_pass(
+                    self._utterance, self._joined(self.endpointer.utterance()), position))
 
     async def close(self) -> None:
         """Stop every task this stream started; pending finals are awaited so nothing said is lost."""
@@ -112,10 +121,22 @@ class Listener:
         self.scheduler.forget(self.stream)
 
     def _begin(self, event: SpeechStarted) -> None:
+        self._last_partial_at = self.endpointer.position
+        ended, self._ended = self._ended, None
+        options = self.endpointer.options
+        if ended is not None and options.rejoin_ms > 0 and event.time - ended[0] <= options.rejoin_ms / 1000 \
+                and len(ended[1]) <= options.max_utterance_s * SAMPLE_RATE / 3:  # joined, still in one window
+            self._before = ended[1]  # the same turn goes on: its number, start and committed words stay
+            return
+        self._before = np.zeros(0, np.float32)
         self._utterance = next(_ids)
         self._start = event.time
-        self._last_partial_at = self.endpointer.position
         self._previous, self._committed = (), ()
+
+    def _joined(self, audio: np.ndarray) -> np.ndarray:
+        """This turn's audio: a rejoined turn's earlier audio, then the endpointer's (contiguous: the endpointer
+        starts collecting again right after the sample that ended the earlier turn)."""
+        return np.concatenate([self._before, audio]) if self._before.size else audio
 
     def _discard_speculation(self) -> None:
         if self._final_task is not None:
@@ -138,10 +159,12 @@ class Listener:
         if self._partial_task is not None:
             self._partial_task.cancel()
         utterance, start, end = self._utterance, self._start, self._pause_time if not event.forced else event.time
+        audio = self._joined(event.audio)
+        self._ended = (event.time, audio) if not event.forced else None
         if speculative is not None:
             self.stats.speculative_hits += 1
         else:
-            speculative = asyncio.create_task(self._final_pass(event.audio, speculative=False))
+            speculative = asyncio.create_task(self._final_pass(audio, speculative=False))
         task = asyncio.create_task(self._deliver(utterance, start, end, speculative))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)

@@ -14,7 +14,7 @@ from appliance.voice.vad import SAMPLE_RATE, Vad
 BLOCK = ASR_RATE  # feed a second at a time: the endpointer does not care about real time
 
 # A file is cut at pauses of half a second, and at 25 s at the latest (Whisper's window is 30 s).
-FILE_ENDPOINT = EndpointOptions(hangover_ms=500, pre_roll_ms=200, max_utterance_s=25.0)
+FILE_ENDPOINT = EndpointOptions(hangover_ms=500, pre_roll_ms=200, max_utterance_s=25.0, rejoin_ms=0)
 
 
 @dataclass(frozen=True)

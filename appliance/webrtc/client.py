@@ -55,8 +55,10 @@ class CallResult:
     marked_at: float | None = None
 
     def captions(self, final: bool = True) -> list[str]:
-        return [e["target"] or e["source"] for _, e in self.events
-                if e.get("type") == "caption" and e.get("final") == final]
+        """Caption texts in order; of finals, one per utterance (a rejoined turn's last is the whole of it)."""
+        texts = [(e["utterance"], e["target"] or e["source"]) for _, e in self.events
+                 if e.get("type") == "caption" and e.get("final") == final]
+        return list(dict(texts).values()) if final else [text for _, text in texts]
 
     def first_sound_after(self, moment: float, level: float = 0.01) -> float | None:
         for arrived, samples in self.audio:
