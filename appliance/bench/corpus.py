@@ -33,10 +33,11 @@ class Prompt:
         return len(self.audio) / 16000
 
 
-def load_prompts(language: str, limit: int, min_s: float = 1.0, max_s: float = 8.0) -> list[Prompt]:
-    """The first ``limit`` spoken prompts (sorted by name) between min_s and max_s long, with transcripts."""
-    listing, sounds = TRANSCRIPTS.get(language), SOUNDS / language
-    if listing is None or not listing.exists() or not sounds.is_dir():
+def transcripts(language: str) -> dict[str, str]:
+    """The transcripts of the language's top-level prompts, by name (the same name means the same words in
+    every language: an English transcript is the reference translation of a Spanish prompt)."""
+    listing = TRANSCRIPTS.get(language)
+    if listing is None or not listing.exists():
         raise ApplianceError(f"no Asterisk prompts for '{language}'; fix: apt-get install {PACKAGES.get(language)}")
     texts: dict[str, str] = {}
     with gzip.open(listing, "rt", encoding="utf-8", errors="replace") as fh:
@@ -46,6 +47,15 @@ def load_prompts(language: str, limit: int, min_s: float = 1.0, max_s: float = 8
         text = text.strip()
         if sep and not line.startswith(";") and "/" not in name and text and not text.startswith("["):
             texts[name.strip()] = text
+    return texts
+
+
+def load_prompts(language: str, limit: int, min_s: float = 1.0, max_s: float = 8.0) -> list[Prompt]:
+    """The first ``limit`` spoken prompts (sorted by name) between min_s and max_s long, with transcripts."""
+    sounds = SOUNDS / language
+    texts = transcripts(language)
+    if not sounds.is_dir():
+        raise ApplianceError(f"no Asterisk prompts for '{language}'; fix: apt-get install {PACKAGES.get(language)}")
     prompts = []
     for name in sorted(texts):
         path = sounds / f"{name}.wav"

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from appliance.audio import resample
-from appliance.bench.corpus import Prompt, last_speech_sample, load_prompts
-from appliance.bench.text import wer
+from appliance.bench.corpus import Prompt, last_speech_sample, load_prompts, transcripts
+from appliance.bench.text import chrf, wer
 from appliance.sessions import EchoBot, Interpreter
 from appliance.voice.asr import AsrOptions
 from appliance.voice.conversation import Conversation, OutEvent, Speech
@@ -163,6 +163,23 @@ async def latency_suite(stack: VoiceStack, prompts: list[Prompt], task: str,
     return out
 
 
+async def translation_kept(stack: VoiceStack, prompts: list[Prompt], spoken: dict[str, str]) -> dict[str, Any]:
+    """How much of a translation reaches the voice: chrF of what the interpreter handed to TTS against chrF of a
+    plain text translation of the whole prompt (Whisper base, 30 s window, beam 5), both scored against the
+    English prompt of the same name (Asterisk's prompts say the same words in every language)."""
+    english = transcripts("en")
+    scored = [p for p in prompts if p.name in english and p.name in spoken]
+    if not scored:
+        return {"n": 0}
+    asr = stack.asr[stack.asr_model(prompts[0].language, "translate")]
+    options = AsrOptions(language=prompts[0].language, task="translate", fast_window=False, beam_size=5)
+    text = [(await asyncio.to_thread(asr.transcribe, p.audio, options)).text for p in scored]
+    references = [english[p.name] for p in scored]
+    spoken_chrf, text_chrf = chrf(references, [spoken[p.name] for p in scored]), chrf(references, text)
+    return {"n": len(scored), "spoken_chrf": round(spoken_chrf, 1), "text_beam5_chrf": round(text_chrf, 1),
+            "kept": round(spoken_chrf / text_chrf, 3) if text_chrf else None}
+
+
 async def tts_suite(stack: VoiceStack, texts: list[str]) -> dict[str, Any]:
     tts = stack.tts("en")
     firsts, rtfs, round_trip_refs, round_trip_hyps = [], [], [], []
@@ -204,6 +221,8 @@ async def run(stack: VoiceStack, limit: int, progress: Callable[[str], None] | N
             "interpret_es_en": await latency_suite(stack, es, "interpret", progress),
             "tts": await tts_suite(stack, [p.text for p in en[:10]]),
         }
+        spoken = {t["prompt"]: t["said"] for t in results["interpret_es_en"]["streaming"]["turns"]}
+        results["interpret_es_en"]["translation_kept"] = await translation_kept(stack, es, spoken)
         if peer is not None:
             results["peer"] = await peer(stack, progress=progress or (lambda _: None))
     await stack.stop()

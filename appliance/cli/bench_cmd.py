@@ -413,6 +413,11 @@ def render(results: dict[str, Any]) -> None:
             table.add_row(label, mode, str(r["n"]), str(r.get("p50_ms", "-")), str(r.get("p95_ms", "-")),
                           str(r["missed"]), wer, speedup)
     Console().print(table)
+    kept = results["interpret_es_en"].get("translation_kept", {})
+    if kept.get("kept") is not None:
+        Console().print(f"es→en: the spoken translation keeps {100 * kept['kept']:.1f} % of the chrF of a text "
+                        f"translation (spoken {kept['spoken_chrf']}, text with beam 5 {kept['text_beam5_chrf']}, "
+                        f"{kept['n']} prompts, against the English prompts)")
     if "peer" in results:
         _render_peer(results["peer"])
     tts = results["tts"]
