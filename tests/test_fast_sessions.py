@@ -21,7 +21,7 @@ from appliance.voice.conversation import Caption, Conversation, Flush, OutEvent,
 from appliance.voice.endpoint import SpeechEnded, SpeechStarted
 from appliance.voice.listener import Transcript
 from appliance.voice.turns import TurnLatencies
-from tests.support.fakes import FakeCallControl, FakeStack, FakeTts, ScriptedListener
+from tests.support.fakes import FakeCallControl, FakeStack, FakeTts, ScriptedListener, Spoken
 from tests.support.loop import checked_run
 
 
@@ -202,24 +202,17 @@ def test_the_speaking_state_ends_when_another_thread_has_played_it_all() -> None
 def test_a_rejoined_turn_is_interpreted_from_where_its_early_final_stopped() -> None:
     """The listener may deliver a turn twice (listener.py: rejoin): the early final, then the whole sentence
     under the same number. What was said stays said; the rest is spoken; the caption is the whole sentence."""
-    out: list[OutEvent] = []
-    said: list[str] = []
-
-    async def output(event: OutEvent) -> None:
-        out.append(event)
-
-    async def say(text: str, utterance: int) -> None:
-        said.append(text)
+    spoken = Spoken()
 
     def final(utterance: int, text: str) -> Transcript:
         return Transcript(utterance, text, text, True, 0.0, 1.0)
 
     async def run() -> list[str | None]:
-        interpreter = Interpreter("es", "en", None, output, say)  # speech → English by the ASR
+        interpreter = Interpreter("es", "en", None, spoken.output, spoken.say)  # speech → English by the ASR
         return [await interpreter.respond(final(7, "Which?")),
                 await interpreter.respond(final(7, "Which folder should I save it to?")),
                 await interpreter.respond(final(8, "Thank you."))]
 
     assert checked_run(run()) == ["Which?", "folder should I save it to?", "Thank you."]
-    assert [e.target for e in out if isinstance(e, Caption)] == ["Which?", "Which folder should I save it to?",
+    assert [e.target for e in spoken.out if isinstance(e, Caption)] == ["Which?", "Which folder should I save it to?",
                                                                  "Thank you."]

@@ -23,11 +23,12 @@ from appliance.config.settings import ApiSettings, Settings
 from appliance.config.upstream import UpstreamSettings
 from appliance.runtime.routes import Routes
 from appliance.sessions.interpreter import Interpreter
-from appliance.voice.conversation import Caption, OutEvent
+from appliance.voice.conversation import Caption
 from appliance.voice.listener import Transcript
 from appliance.voice.mt import UpstreamTranslator
 from appliance.voice.readiness import VoiceModels
 from tests.support.bot_llm import closed_port
+from tests.support.fakes import Spoken
 from tests.support.openai_peer import OpenAiPeer
 
 KEY = "sk-routes-51c2"
@@ -129,18 +130,10 @@ def test_health_shows_the_breakers_and_metrics_count_them(tmp_path: Path) -> Non
 
 def test_an_interpretation_goes_on_when_its_upstream_translator_fails() -> None:
     routes = Routes(UpstreamSettings(base_url=f"http://127.0.0.1:{closed_port()}/v1", timeout_s=1.0))
-    out: list[OutEvent] = []
-    said: list[str] = []
-
-    async def output(event: OutEvent) -> None:
-        out.append(event)
-
-    async def say(text: str, utterance: int) -> None:
-        said.append(text)
-
-    interpreter = Interpreter("fr", "de", UpstreamTranslator(routes), output, say)
+    spoken = Spoken()
+    interpreter = Interpreter("fr", "de", UpstreamTranslator(routes), spoken.output, spoken.say)
     final = Transcript(1, "Le magasin ouvre à neuf heures.", "Le magasin ouvre à neuf heures.", True, 0.0, 1.0)
     assert asyncio.run(interpreter.respond(final)) is None  # nothing to speak, no exception: the call goes on
-    assert out == [Caption(1, "Le magasin ouvre à neuf heures.", "", True)]
+    assert spoken.out == [Caption(1, "Le magasin ouvre à neuf heures.", "", True)]
     assert 'appliance_upstream_fallbacks_total{reason="unavailable",task="translation"} 1.0' in \
         generate_latest(routes.registry).decode()

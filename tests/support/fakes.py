@@ -102,3 +102,17 @@ class FakeCallControl:
     async def hangup(self, reason: str) -> None:
         self.hangups.append(reason)
         self.hung_up.set()
+
+
+@dataclass
+class Spoken:
+    """A responder's two callbacks (``output`` for captions and events, ``say`` for text to speak), recording."""
+
+    out: list[Any] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)
+
+    async def output(self, event: Any) -> None:
+        self.out.append(event)
+
+    async def say(self, text: str, utterance: int) -> None:
+        self.said.append(text)
