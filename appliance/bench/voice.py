@@ -57,6 +57,7 @@ class Turn:
     latency_s: float | None
     heard: str
     said: str
+    sound_lead_s: float | None = None  # from the first answer chunk's start to its first audible sample
 
 
 async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> Turn:
@@ -65,11 +66,13 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
     heard: dict[int, str] = {}  # by utterance: a rejoined turn's last final is the whole of it
     first_after: list[float] = []
     last_fed: list[float] = []
+    lead: list[float] = []
 
     async def output(event: OutEvent) -> None:
         if isinstance(event, Speech):
             if last_fed and not first_after:
                 first_after.append(event.produced_at)
+                lead[:] = [audible_from(event.chunk.audio) / event.chunk.sample_rate]
             said.append(event.chunk.text)
 
     async def keep_final(t: Transcript) -> None:
@@ -115,7 +118,13 @@ async def run_turn(stack: VoiceStack, prompt: Prompt, task: str, mode: Mode) -> 
         await asyncio.sleep(0.01)
     await asyncio.wait_for(conversation.close(), timeout=30)
     latency = first_after[0] - last_fed[0] if first_after and last_fed else None
-    return Turn(prompt.name, latency, " ".join(heard.values()), " ".join(said))
+    return Turn(prompt.name, latency, " ".join(heard.values()), " ".join(said), lead[0] if lead else None)
+
+
+def audible_from(audio: np.ndarray, level: float = 0.01) -> int:
+    """Index of the first sample louder than ``level`` (the level a client calls sound), or the length."""
+    loud = np.flatnonzero(np.abs(audio) > level)
+    return int(loud[0]) if loud.size else len(audio)
 
 
 @contextlib.contextmanager

@@ -99,7 +99,8 @@ def api(
     table = Table(title="Echo voice-to-voice latency: WebRTC (aiortc, loopback) vs the voice core directly")
     for col in ("path", "n", "p50 ms", "p95 ms", "missed"):
         table.add_column(col)
-    for key, label in (("webrtc_echo", "WebRTC, first sound at the client"), ("direct_echo", "direct, first chunk")):
+    for key, label in (("webrtc_echo", "WebRTC, first sound at the client"),
+                       ("direct_echo", "direct, first sound of the first chunk")):
         r = results[key]
         table.add_row(label, str(r["n"]), str(r.get("p50_ms")), str(r.get("p95_ms")), str(r["missed"]))
     Console().print(table)

@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from appliance.audio.frame import float_to_int16
 from appliance.errors import ApplianceError
-from appliance.webrtc.media import PacedTrack
+from appliance.webrtc.media import PacedTrack, listen_without_jitter_delay
 
 RATE = 48000
 
@@ -90,6 +90,8 @@ async def call(base_url: str, token: str, spec: dict[str, Any], audio_48k: np.nd
 
     pc.on("track", lambda track: tasks.append(asyncio.ensure_future(record(track))))
     pc.addTrack(source)
+    for transceiver in pc.getTransceivers():  # play out as a browser does on a clean link, not 80 ms late
+        listen_without_jitter_delay(transceiver.receiver)
     headers = {"Authorization": f"Bearer {token}"}
     try:
         await pc.setLocalDescription(await pc.createOffer())
