@@ -86,6 +86,7 @@ def test_kiosk_shows_captions_of_the_microphone(kiosk_api: tuple[str, str], tmp_
         sign_in(page, token)
         p = page  # type: ignore[assignment]
         p.select_option("#mode", "transcribe")  # type: ignore[attr-defined]
+        assert p.eval_on_selector("#language", "e => e.value") == "en"  # the default, whatever pairs exist
         p.click("#start")  # type: ignore[attr-defined]
         p.wait_for_function("document.querySelector('#history').textContent.toLowerCase().includes('agent number')",
                             timeout=60_000)  # type: ignore[attr-defined]

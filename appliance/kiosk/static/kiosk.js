@@ -16,7 +16,8 @@ function setState(state) {
 function showError(message) { $("error").textContent = message || ""; }
 
 function fillLanguages() {
-  const sources = [...new Set(config.pairs.map((p) => p[0]).concat(["en"]))];
+  // English first (the device's own English model; alphabetical order made German the default), then the rest
+  const sources = [...new Set(["en"].concat(config.pairs.map((p) => p[0])))];
   $("language").innerHTML = sources.map((l) => `<option value="${l}">${NAMES[l] || l}</option>`).join("");
   fillTargets();
 }
