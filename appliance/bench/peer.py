@@ -151,11 +151,15 @@ async def websocket_suite(stack: VoiceStack, prompts: list[Prompt], progress: Pr
     return turns
 
 
-def pipecat_suite(python: Path, whisper: Path, piper: Path, prompts: list[Prompt], progress: Progress
-                  ) -> list[PeerTurn]:
-    """The same turns through Pipecat's echo bot, in its own venv's Python."""
+def require_peer(python: Path) -> None:
+    """Before any model loads: the peer's venv is there."""
     if not python.exists():
         raise ApplianceError(f"Pipecat's venv is missing ({python}); fix: make bench-peers")
+
+
+def pipecat_suite(python: Path, whisper: Path, piper: Path, prompts: list[Prompt], progress: Progress
+                  ) -> list[PeerTurn]:
+    """The same turns through Pipecat's echo bot, in its own venv's Python (``require_peer`` checked it)."""
     with tempfile.TemporaryDirectory() as tmp:
         turns = []
         for prompt in prompts:

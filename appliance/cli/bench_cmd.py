@@ -57,8 +57,7 @@ def _peer_run(state: CliState, prompts: int, python: Path) -> Any:
     from appliance.bench import peer
     from appliance.errors import ApplianceError
 
-    if not python.exists():
-        raise ApplianceError(f"Pipecat's venv is missing ({python}); fix: make bench-peers")
+    peer.require_peer(python)
     device = state.device
     piper = next((m for m in device.catalog.models if m.kind == "piper" and "en" in m.languages
                   and device.store.is_active(m.id)), None)
