@@ -16,6 +16,7 @@ import pytest
 from appliance.bench.procs import alive, descendants, session_members
 from appliance.bench.spawned import SpawnedAppliance
 from appliance.bench.supervisor import SupervisorBenchOptions, planned_steps, run
+from appliance.bench.supervisor_data import RESTART_SEC
 from appliance.config import Settings
 from appliance.config.settings import ModelsSettings
 from appliance.errors import ApplianceError
@@ -40,15 +41,20 @@ def test_one_boot_with_an_empty_store(tmp_path: Path) -> None:
         assert 20 < own["rss_mib"] <= own["rss_peak_mib"] and total["rss_mib"] == own["rss_mib"], b["memory"]
         assert 0 < own["pss_mib"] <= own["rss_mib"] and total["pss_mib"] == own["pss_mib"], b["memory"]
         (kill,) = b["kills"]
-        assert kill["nth"] == 1 and kill["restart_sec"] == 0.25 and kill["exit_code"] == -9 and kill["left"] == []
+        assert kill["nth"] == 1 and kill["restart_sec"] == RESTART_SEC and kill["exit_code"] == -9, kill
+        assert kill["left"] == [], kill
         assert kill["new_pid"] != kill["pid"] and 0 < kill["gone_s"] < 5, kill
         times = [kill[f"{k}_s"] for k in ("ready", "api", "wyoming", "warm")]
-        assert kill["gone_s"] + 0.25 < min(times) and max(times) < 45, kill  # RestartSec included
+        assert kill["gone_s"] + RESTART_SEC < min(times) and max(times) < 45, kill  # RestartSec included
+        # socket activation (the default): sent while no process ran, answered by the next one
+        assert kill["held"] == "HTTP 200" and kill["sip"] == "SIP/2.0 200 OK", kill
+        assert kill["gone_s"] + RESTART_SEC < min(kill["held_s"], kill["sip_s"]) < 45, kill
     summary = result["summary"]
     assert summary["ready"]["n"] == 1 and summary["ready"]["vs_help_p50"] > 0, summary["ready"]
     assert summary["api"]["p50_ms"] == pytest.approx(1000 * boot["api_s"]) and summary["stop"]["n"] == 1
     serving = summary["serving"][0]
-    assert serving["nth"] == 1 and serving["restart_sec"] == 0.25 and serving["vs_empty_store_p50"] > 0, serving
+    assert serving["nth"] == 1 and serving["restart_sec"] == RESTART_SEC and serving["vs_empty_store_p50"] > 0
+    assert serving["held"]["outcomes"] == ["HTTP 200"] and serving["sip"]["outcomes"] == ["SIP/2.0 200 OK"], serving
     assert serving["p50_ms"] == pytest.approx(1000 * boot["kills"][0]["ready_s"])
     assert serving["wyoming"]["p50_ms"] == pytest.approx(1000 * boot["kills"][0]["wyoming_s"]), serving
     assert summary["exit_codes"] == [0] and summary["memory_mib"]["total_rss"] == [boot["memory"]["total"]["rss_mib"]]

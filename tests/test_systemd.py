@@ -1,4 +1,5 @@
-"""The unit files under a real systemd: images/systemd/appliance.service and appliance.sysusers in a Debian 12
+"""The unit files under a real systemd: images/systemd/appliance.service, appliance.socket and appliance.sysusers in a
+Debian 12
 guest booted by systemd-nspawn (systemd 252 as PID 1), the appliance's code bound in read-only.
 
 The guest's /opt/appliance/.venv is a venv of the guest's own python3 (3.11, as ours) that puts this checkout
@@ -24,6 +25,23 @@ from tests.support.systemd_guest import Bind, Guest, GuestError, boot, ensure_ro
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "images" / "systemd"
 UNIT = "appliance.service"
+SOCKET = "appliance.socket"
+# Run in the guest once the killed process is gone: a GET on the API port and a SIP OPTIONS datagram, each answered
+# (or not) by whatever serves next: the status lines and the seconds each took.
+PROBE = """
+import socket, time
+t = time.monotonic()
+api = socket.create_connection(("127.0.0.1", 8080), timeout=30)
+api.sendall(b"GET /health HTTP/1.0\\r\\nHost: appliance\\r\\n\\r\\n")
+sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sip.settimeout(30)
+sip.bind(("127.0.0.1", 0))
+sip.sendto(b"OPTIONS sip:probe@127.0.0.1 SIP/2.0\\r\\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-probe\\r\\n"
+           b"Max-Forwards: 70\\r\\nFrom: <sip:probe@127.0.0.1>;tag=p\\r\\nTo: <sip:probe@127.0.0.1>\\r\\n"
+           b"Call-ID: probe\\r\\nCSeq: 1 OPTIONS\\r\\nContent-Length: 0\\r\\n\\r\\n" % sip.getsockname()[1], ("127.0.0.1", 5060))
+print(sip.recv(2000).split(b"\\r\\n")[0].decode(), round(time.monotonic() - t, 2))
+print(api.recv(200).split(b"\\r\\n")[0].decode(), round(time.monotonic() - t, 2))
+"""
 GUEST_VENV = "/opt/appliance/.venv"
 STATE = "/var/lib/appliance"
 WATCHDOG_S = 4
@@ -83,6 +101,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     (dropin / "test-watchdog.conf").write_text(f"[Service]\nWatchdogSec={WATCHDOG_S}\n")
     (staging / "appliance.toml").write_text(CONFIG)
     binds = [Bind(UNITS / "appliance.service", f"/usr/lib/systemd/system/{UNIT}"),
+             Bind(UNITS / "appliance.socket", f"/usr/lib/systemd/system/{SOCKET}"),
              Bind(UNITS / "appliance.sysusers", "/usr/lib/sysusers.d/appliance.conf"),
              Bind(dropin, f"/etc/systemd/system/{UNIT}.d"),
              Bind(staging / "appliance.toml", "/etc/appliance/appliance.toml"),
@@ -224,6 +243,22 @@ def test_kill_9_is_restarted_by_systemd(guest: Guest) -> None:
     print(f"kill -9 -> active again: {(int(after['ActiveEnterTimestampMonotonic']) - t0) / 1e6:.2f} s "
           f"(polled {polled:.2f} s; pid {now['MainPID']} -> {after['MainPID']}, NRestarts {after['NRestarts']})")
     assert "api ready" in after["StatusText"], after
+
+
+def test_kill_9_keeps_the_ports_open(guest: Guest) -> None:
+    """appliance.socket holds 8080/tcp and 5060/udp: what arrives while no process runs waits for the next."""
+    now = started(guest)
+    assert guest.show(SOCKET, "ActiveState")["ActiveState"] == "active"  # pulled in by the service's Wants=
+    pid = now["MainPID"]
+    sent = guest.run("sh", "-c", f"kill -9 {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.01; done; "
+                     f"exec python3 -c '{PROBE}'", check=False, timeout_s=60)
+    after, _ = restarted(guest, now)
+    assert sent.returncode == 0, f"{sent.stdout}{sent.stderr}\n{journal(guest)}"
+    sip, api = sent.stdout.splitlines()
+    assert sip.startswith("SIP/2.0 200 OK ") and api.startswith("HTTP/1.1 200 OK "), sent.stdout
+    print(f"sent once the killed process was gone (RestartSec=100ms, then the new one's start): SIP OPTIONS "
+          f"answered after {sip.split()[-1]} s, GET /health after {api.split()[-1]} s")
+    assert "api ready" in after["StatusText"] and "no service listens on" not in journal(guest)
 
 
 def test_journal_has_structured_fields(guest: Guest) -> None:

@@ -22,6 +22,7 @@ import tomli_w
 
 from appliance.api.keys import KeyStore
 from appliance.bench.procs import alive, descendants, process_memory, session_members
+from appliance.bench.sockets import listening, passing
 from appliance.bench.supervisor_data import Boot, Kill, Notice, SupervisorBenchOptions
 from appliance.errors import ApplianceError
 from appliance.ports import free_ports
@@ -31,6 +32,9 @@ POLL_S = 0.02
 DESCRIBE_TIMEOUT_S = 6.0  # the Wyoming server holds a request up to 5 s for warming models, then answers Error
 CLOSE_GRACE_S = 10.0  # after a failure: SIGTERM, then SIGKILL
 CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+OPTIONS = ("OPTIONS sip:bench@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{mine};branch=z9hG4bK-{tag}\r\n"
+           "Max-Forwards: 70\r\nFrom: <sip:bench@127.0.0.1>;tag={tag}\r\nTo: <sip:bench@127.0.0.1>\r\n"
+           "Call-ID: {tag}@bench\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
 
 
 async def _describes(port: int) -> bool:
@@ -59,10 +63,15 @@ class SpawnedAppliance:
     def __init__(self, root: Path, passed: dict[str, Any], store: Path, options: SupervisorBenchOptions) -> None:
         root.mkdir(parents=True)
         self.root, self.store, self.options = root, store, options
-        self.api, sip, self.stt, tts = free_ports(4)
+        self.api, self.sip, self.stt, tts = free_ports(4)
+        self.sockets = [listening(socket.SOCK_STREAM, "127.0.0.1", self.api),
+                        listening(socket.SOCK_DGRAM, "127.0.0.1", self.sip),
+                        listening(socket.SOCK_STREAM, "127.0.0.1", self.sip),
+                        listening(socket.SOCK_STREAM, "127.0.0.1", self.stt),
+                        listening(socket.SOCK_STREAM, "127.0.0.1", tts)] if options.activation else []
         config = {**passed, "models": {**passed.get("models", {}), "store": str(store)},
                   "api": {"host": "127.0.0.1", "port": self.api, "keys_file": str(root / "api-keys.json")},
-                  "sip": {"host": "127.0.0.1", "port": sip},
+                  "sip": {"host": "127.0.0.1", "port": self.sip},
                   "wyoming": {"enabled": True, "stt_uri": f"tcp://127.0.0.1:{self.stt}",
                               "tts_uri": f"tcp://127.0.0.1:{tts}"},
                   "bot": {"records_dir": str(root / "calls")}}
@@ -90,9 +99,15 @@ class SpawnedAppliance:
         env = child_env() | {"NOTIFY_SOCKET": str(self.root / "notify"),
                              "WATCHDOG_USEC": str(self.options.watchdog_usec)}
         started = time.monotonic()
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=self.output, stderr=asyncio.subprocess.STDOUT,
-            env=env, start_new_session=True)
+        if self.sockets:  # as systemd with appliance.socket: the same open sockets for every process
+            how = passing(self.sockets, self.argv, env)
+            self.proc = await asyncio.create_subprocess_exec(
+                *how.argv, stdin=asyncio.subprocess.DEVNULL, stdout=self.output, stderr=asyncio.subprocess.STDOUT,
+                env=how.env, start_new_session=True, preexec_fn=how.preexec_fn, close_fds=how.close_fds)
+        else:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=self.output, stderr=asyncio.subprocess.STDOUT,
+                env=env, start_new_session=True)
         self.spawns.append((self.proc.pid, started))
 
     def _receive(self) -> None:
@@ -228,13 +243,56 @@ class SpawnedAppliance:
         self.proc.send_signal(signal.SIGKILL)
         code = await self._ended("SIGKILL")
         gone = time.monotonic()
+        held, sip = asyncio.create_task(self._held(start)), asyncio.create_task(self._options(start))
         left = await self.sweep()
         await asyncio.sleep(self.options.restart_sec)
         os.write(self.output.fileno(), f"--- bench: kill -9 of {pid} #{nth}, restarted ---\n".encode())
         await self.spawn()
         up = await self.come_up(start, wyoming=True)
+        (held_s, held_said), (sip_s, sip_said) = await held, await sip
         return Kill(nth, pid, code, round(gone - start, 3), left, self.options.restart_sec, self.spawns[-1][0],
-                    up["ready_s"], up["api_s"], up["wyoming_s"], up["warm_s"])
+                    up["ready_s"], up["api_s"], up["wyoming_s"], up["warm_s"], held_s, held_said, sip_s, sip_said)
+
+    async def _held(self, since: float) -> tuple[float | None, str]:
+        """GET /health on a new connection, sent while no process serves: seconds from ``since`` to its answer,
+        and the answer (or why there was none)."""
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.api}",
+                                         timeout=self.options.timeout_s) as client:
+                answer = await client.get("/health")
+        except httpx.ConnectError:
+            return None, "refused"
+        except httpx.HTTPError as exc:
+            return None, type(exc).__name__
+        return round(time.monotonic() - since, 3), f"HTTP {answer.status_code}"
+
+    async def _options(self, since: float) -> tuple[float | None, str]:
+        """One SIP OPTIONS datagram, sent (once, no retransmission) while no process serves: seconds from
+        ``since`` to its answer, and the status line (or "no answer")."""
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[bytes] = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                if not answered.done():
+                    answered.set_result(data)
+
+            def error_received(self, exc: Exception) -> None:  # ICMP port unreachable: nobody was listening
+                if not answered.done():
+                    answered.set_exception(exc)
+
+        transport, _ = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0),
+                                                           remote_addr=("127.0.0.1", self.sip))
+        try:
+            mine = transport.get_extra_info("sockname")[1]
+            transport.sendto(OPTIONS.format(port=self.sip, mine=mine, tag=os.urandom(6).hex()).encode())
+            async with asyncio.timeout(self.options.timeout_s):
+                data = await answered
+        except (OSError, TimeoutError) as exc:
+            return None, f"no answer ({exc.strerror if isinstance(exc, OSError) else 'timeout'})"
+        finally:
+            transport.close()
+        return round(time.monotonic() - since, 3), data.split(b"\r\n", 1)[0].decode(errors="replace")
 
     async def stop(self, boot: Boot) -> None:
         assert self.proc is not None
@@ -263,4 +321,6 @@ class SpawnedAppliance:
             self.loop.remove_reader(self.sock.fileno())
         await self.http.aclose()
         self.sock.close()
+        for sock in self.sockets:
+            sock.close()
         self.output.close()

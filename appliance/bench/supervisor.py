@@ -39,8 +39,13 @@ NOTES = [
     "of the models: there is no child to kill. The kill -9 is of the whole appliance, restarted as systemd does "
     "with the unit's Restart=on-failure: once the killed process is reaped (and anything left of its session "
     "killed, as systemd kills the rest of the cgroup), the bench sleeps restart_sec (the unit's RestartSec, "
-    "0.25 s) and spawns it again with the same config and notify socket. kill → READY=1 includes that delay "
+    "0.1 s) and spawns it again with the same config and notify socket. kill → READY=1 includes that delay "
     "and the new interpreter's start-up.",
+    "With activation (the default, as images/systemd/appliance.socket), the bench holds the API, SIP (UDP and "
+    "TCP) and Wyoming sockets and passes them to every process as systemd does (fds from 3, LISTEN_FDS, "
+    "LISTEN_PID): the ports stay open across the kill. Once the killed process is gone, a GET /health on a new "
+    "connection and one SIP OPTIONS datagram (no retransmission) are sent: held/sip say when each was answered "
+    "(from the SIGKILL) or what became of it. Without activation both find the port closed.",
     "READY=1 means every service listens; the models warm afterwards (model requests get 503 + Retry-After, a "
     "Wyoming request waits up to 5 s, then gets an Error \"warming\"). Serving again is the new process's "
     "READY=1 (the goal); its first /health answer, a Describe answered with Info on the STT port (an Error "
@@ -140,6 +145,9 @@ def summarise(help_s: list[float], boots: list[Boot], empty: Boot | None) -> tup
         again = empty.kills[nth - 1] if empty and len(empty.kills) >= nth else None
         figures = {key: _figure([getattr(k, f"{key}_s") for k in kills], getattr(again, f"{key}_s", None))
                    for key in ("ready", "gone", "api", "wyoming", "warm")}
+        for key in ("held", "sip"):  # requests sent while no process served: answered when, or what became of them
+            figures[key] = {**_figure([s for k in kills if (s := getattr(k, f"{key}_s")) is not None]),
+                            "outcomes": sorted({getattr(k, key) for k in kills})}
         summary["serving"].append({"nth": nth, "restart_sec": kills[0].restart_sec, **figures.pop("ready"),
                                    **figures})
     rss = [b.memory["total"]["rss_mib"] for b in boots]

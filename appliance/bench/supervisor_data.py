@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# images/systemd/appliance.service: Restart=on-failure, RestartSec=250ms, StartLimitBurst=5 (the first start
+# images/systemd/appliance.service: Restart=on-failure, RestartSec=100ms, StartLimitBurst=5 (the first start
 # and four restarts within StartLimitIntervalSec=300; one more and systemd leaves the unit down).
-RESTART_SEC, MAX_KILLS = 0.25, 4
+RESTART_SEC, MAX_KILLS = 0.1, 4
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class SupervisorBenchOptions:
     baseline_boot: bool = True  # one more boot first, with an empty model store
     timeout_s: float = 180.0  # for READY=1, and for each wait after it (warm, serving again, exit)
     watchdog_usec: int = 2_000_000
+    activation: bool = True  # hold the ports and pass them as images/systemd/appliance.socket does
 
 
 @dataclass
@@ -33,6 +34,10 @@ class Kill:
     api_s: float  # SIGKILL → GET /health first answered by the new process
     wyoming_s: float  # SIGKILL → a Wyoming Describe answered with Info on the STT port
     warm_s: float  # SIGKILL → the new process's /health "ready": true
+    held_s: float | None = None  # SIGKILL → the answer to a GET /health sent on a new connection once it was gone
+    held: str = ""  # what became of that request: "HTTP 200", or why none came ("refused", …)
+    sip_s: float | None = None  # SIGKILL → the answer to a SIP OPTIONS (one UDP datagram) sent at the same time
+    sip: str = ""  # what became of it: "SIP/2.0 200 OK", or "no answer" (lost with the port)
 
 
 @dataclass

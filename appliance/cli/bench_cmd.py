@@ -193,16 +193,19 @@ def supervisor(
     ctx: typer.Context,
     repeat: int = typer.Option(3, min=1, help="Boots with the configured models (and `--help` runs, the baseline)."),
     kills: int = typer.Option(2, min=1, max=4, help="kill -9 of the whole appliance per boot, each restarted as "
-                              "systemd would (after the unit's RestartSec, 0.25 s)."),
+                              "systemd would (after the unit's RestartSec, 0.1 s)."),
+    activation: bool = typer.Option(True, "--socket-activation/--no-socket-activation",
+                                    help="Hold the ports and pass them to each process as appliance.socket does."),
     out: Path = typer.Option(Path("bench-results/supervisor.json"), "--json", help="Where to write the JSON."),
 ) -> None:
     """`appliance run` in a subprocess: boot → READY=1, → /health, → models warm; kill -9 of the appliance → READY=1
     of its restart (systemd's Restart=on-failure), → Wyoming Info, → warm; idle RSS with the configured models;
-    SIGTERM → exit; against `--help` and an empty-store boot."""
+    SIGTERM → exit; against `--help` and an empty-store boot. A request and a SIP OPTIONS sent while no process
+    serves show what socket activation keeps."""
     from appliance.bench.supervisor import SupervisorBenchOptions, planned_steps, run
 
     state: CliState = ctx.obj
-    options = SupervisorBenchOptions(repeat=repeat, kills=kills)
+    options = SupervisorBenchOptions(repeat=repeat, kills=kills, activation=activation)
     results = _with_progress("appliance run", planned_steps(options),
                              lambda step: run(state.settings, options, step).to_json())
     _write(out, results)
@@ -227,7 +230,8 @@ def supervisor(
         base = empty["kills"][nth - 1] if empty and len(empty["kills"]) >= nth else {}
         rows.append((f"kill -9 #{nth} → READY=1 of the restart (+{kill['restart_sec']:g} s RestartSec)", kill,
                      baseline(base.get("ready_s")), goals["kill_to_serving"] if nth == 1 else None))
-        for key, label in (("api", "/health answered"), ("wyoming", "Wyoming Describe → Info"),
+        for key, label in (("api", "/health answered"), ("held", "a GET sent meanwhile answered"),
+                           ("sip", "a SIP OPTIONS sent meanwhile answered"), ("wyoming", "Wyoming Describe → Info"),
                            ("warm", "models warm")):
             rows.append((f"  kill -9 #{nth} → {label}", kill[key], baseline(base.get(f"{key}_s")), None))
     rows.append(("SIGTERM → exit", s["stop"], empty and baseline(empty["stop_s"]), None))
@@ -246,6 +250,9 @@ def supervisor(
     Console().print("last boot, MiB: " + ", ".join(f"{name} RSS {m['rss_mib']:.0f} (peak {m['rss_peak_mib']:.0f}"
                                                    + (f", PSS {m['pss_mib']:.0f})" if "pss_mib" in m else ")")
                                                    for name, m in boot["memory"].items() if name != "total"))
+    sent = "; ".join(f"kill #{k['nth']}: GET {', '.join(k['held']['outcomes'])}, "
+                     f"OPTIONS {', '.join(k['sip']['outcomes'])}" for k in s["serving"])
+    Console().print(f"socket activation {'on' if activation else 'off'}; sent while no process served: {sent}")
     Console().print(f"exit codes {s['exit_codes']}; processes left after exit: {s['outlived'] or 'none'}, "
                     f"after a kill -9: {s['left_after_kill'] or 'none'}; watchdog pings per process of the last "
                     f"boot: {boot['watchdog_pings']}")

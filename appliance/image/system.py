@@ -18,8 +18,8 @@ from appliance.image.steps import BuildError, in_tree, run
 VENV = "/opt/appliance/.venv"
 STATE = "/var/lib/appliance"
 PACKAGES = ("python3", "python3-venv", "libportaudio2", "espeak-ng", "openssh-server", "tzdata")
-UNITS = ("appliance.service", "appliance-firstboot.service", "appliance-healthy.service")
-ENABLED = ("appliance.service", "appliance-firstboot.service", "appliance-healthy.service",
+UNITS = ("appliance.service", "appliance.socket", "appliance-firstboot.service", "appliance-healthy.service")
+ENABLED = ("appliance.service", "appliance.socket", "appliance-firstboot.service", "appliance-healthy.service",
            "systemd-networkd.service")
 SSHD = """# Appliance images: keys only, host keys on the data partition (the root is read-only). A technician's or
 # the HIL harness's public key is adopted at first boot from the boot partition (appliance/authorized_keys).

@@ -18,15 +18,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.fleet.client import FleetError
-from appliance.fleet.install import Hooks, SlotWriter
-from appliance.fleet.state import Job
 from appliance.supervisor.service import TaskService
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the fleet (python-tuf and its crypto) loads with the agent, not on every start of the appliance
     from appliance.config import Settings
     from appliance.device import Device
     from appliance.fleet.agent import Agent
+    from appliance.fleet.install import Hooks, SlotWriter
+    from appliance.fleet.state import Job
     from appliance.voice.readiness import VoiceModels
     from appliance.voice.stack import VoiceStack
 
@@ -78,6 +77,8 @@ def inventory_facts(device: Device, health: str | None, calls: int) -> dict[str,
 
 def standalone_hooks(device: Device) -> Hooks:
     """For `appliance agent poll` outside `appliance run`: nothing to reload, models checked on the device."""
+    from appliance.fleet.install import Hooks
+
     return Hooks(smoke=device.trial, health=lambda job: model_health(device, job), slot_writer=slot_writer())
 
 
@@ -99,6 +100,7 @@ class AgentTask(TaskService):
         self._retiring: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
+        from appliance.fleet.install import Hooks
         from appliance.fleet.wiring import open_agent
 
         self._loop = asyncio.get_running_loop()
@@ -123,6 +125,8 @@ class AgentTask(TaskService):
         assert self._loop is not None
         actions: dict[str, str] = asyncio.run_coroutine_threadsafe(self._reload(), self._loop).result(HEALTH_WAIT_S)
         if "error" in actions:
+            from appliance.fleet.client import FleetError
+
             raise FleetError(f"the configuration reload was refused: {actions['error']}")
 
     def _switched(self, model_id: str) -> None:

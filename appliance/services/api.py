@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from appliance.supervisor.activation import Activation
 from appliance.supervisor.service import ServiceError, TaskService
 
 if TYPE_CHECKING:
@@ -49,9 +51,10 @@ class Gate:
 class ApiService(TaskService):
     """uvicorn serving the API app on the supervisor's loop; ready once it listens."""
 
-    def __init__(self, settings: Settings, services: ApiServices) -> None:
+    def __init__(self, settings: Settings, services: ApiServices, activation: Activation | None = None) -> None:
         super().__init__("api")
         self.settings, self.services = settings, services
+        self.activation = activation or Activation()
         self.server: uvicorn.Server | None = None
         self.refusing = False
         self._stopping = False
@@ -61,10 +64,16 @@ class ApiService(TaskService):
 
         from appliance.api.app import create_app
 
+        up = asyncio.Event()
+
         class Server(uvicorn.Server):
             def capture_signals(self) -> Any:  # the supervisor owns SIGTERM/SIGHUP, not uvicorn
 
                 return contextlib.nullcontext()
+
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets)
+                up.set()  # listening (or failed: then serving ends)
 
         api = self.settings.api
         app = Gate(create_app(self.services), lambda: self.refusing)
@@ -72,9 +81,11 @@ class ApiService(TaskService):
                                 log_config=None, lifespan="on", timeout_graceful_shutdown=3)
         self.server = server = Server(config)
         self._stopping = False
-        serving = asyncio.create_task(self._serve(server), name="uvicorn")
-        while not serving.done() and not server.started:
-            await asyncio.wait({serving}, timeout=0.05)
+        passed = self.activation.stream(api.host, api.port)
+        serving = asyncio.create_task(self._serve(server, passed), name="uvicorn")
+        listening = asyncio.ensure_future(up.wait())
+        await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
         if server.started:
             self.set_ready()
         await serving
@@ -82,9 +93,10 @@ class ApiService(TaskService):
             raise ServiceError("the HTTP server stopped on its own")
 
     @staticmethod
-    async def _serve(server: uvicorn.Server) -> None:
+    async def _serve(server: uvicorn.Server, passed: socket.socket | None) -> None:
+        """Serve on ``passed`` (socket activation) or on the configured address."""
         try:
-            await server.serve()
+            await server.serve([passed] if passed is not None else None)
         except SystemExit as exc:  # uvicorn exits on a failed start-up (port in use): in a task, that would end
             raise ServiceError(f"the HTTP server could not start (exit {exc.code}); see the log above") from None
 

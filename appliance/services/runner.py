@@ -12,12 +12,13 @@ This is a composition root like ``appliance.device``: it wires the layers below;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from appliance.services.api import ApiService
 from appliance.services.plan import AGENT, API, SIP, WYOMING, needs_process_restart, plan
 from appliance.services.sip import SipTask
 from appliance.services.wyoming import WyomingTask
+from appliance.supervisor.activation import Activation
 from appliance.supervisor.graph import GraphError, ServiceSpec
 from appliance.supervisor.journal import journal_handler
 from appliance.supervisor.lifecycle import serve
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TRIM_EVERY_S = 30.0
+WARM_AFTER_S = 2.0  # the models start loading at READY=1, or this long after the start at the latest
 
 
 @dataclass
@@ -55,6 +58,7 @@ class ApplianceGraph:
     only: Collection[str] | None = None  # `appliance run --only`: exactly these services
     supervisor: Supervisor | None = None
     device: Device | None = None  # for the update agent: its store and runtimes
+    activation: Activation = field(default_factory=Activation)  # the sockets systemd passed, if any
     reload: Callable[[], Coroutine[Any, Any, dict[str, str]]] | None = None  # the SIGHUP path, for the agent
 
     def plan(self, settings: Settings) -> list[ServiceSpec]:
@@ -62,11 +66,11 @@ class ApplianceGraph:
 
     def make(self, spec: ServiceSpec, settings: Settings) -> Service:
         if spec.name == API:
-            return ApiService(settings, self.services)
+            return ApiService(settings, self.services, self.activation)
         if spec.name == SIP:
-            return SipTask(settings, self.services)
+            return SipTask(settings, self.services, self.activation)
         if spec.name == WYOMING:
-            return WyomingTask(settings, self.models)
+            return WyomingTask(settings, self.models, self.activation)
         if spec.name == AGENT and self.device is not None and self.reload is not None:
             live = self.supervisor.live if self.supervisor is not None else (lambda: 0)
             return AgentTask(settings, self.device, self.models, self.reload, self.services_ready, live)
@@ -133,6 +137,7 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
     from appliance.runtime import allocator
     from appliance.voice.readiness import VoiceModels
 
+    activation = Activation.from_environ()  # first: the environment is cleared for children
     settings = await asyncio.to_thread(load_settings, settings_path)
     setup_logging(settings.log.level)
     device = await asyncio.to_thread(Device.open, settings)
@@ -141,7 +146,7 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
     provisioned = [m.id for m in device.catalog.models if device.store.is_active(m.id)]
     services = ApiServices(settings.api, keys, models, lambda: provisioned, standalone=False, routes=device.routes)
     services.registry.register(device.routes.registry)  # a registry is a collector too
-    graph = ApplianceGraph(models, services, only, device=device)
+    graph = ApplianceGraph(models, services, only, device=device, activation=activation)
     services.supervisor = graph.status
     guard = MemoryGuard(MemoryOptions(), shed=lambda reason: None, recover=lambda: None)
 
@@ -185,13 +190,24 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
     async def announce() -> None:
         await supervisor.ready.wait()
         print(where(supervisor.status(), settings), flush=True)
+        if activation.unused():
+            log.warning("systemd passed sockets that no service listens on: %s (appliance.socket and the settings "
+                        "disagree)", ", ".join(activation.unused()))
 
     async def trim() -> None:  # hand what calls and sessions freed back to the kernel
         while True:
             await asyncio.sleep(TRIM_EVERY_S)
             await asyncio.to_thread(allocator.trim)
 
-    background = [asyncio.create_task(models.warm(), name="models-warm"), asyncio.create_task(announce()),
+    async def warm() -> None:
+        """Once every service listens (the loading thread's imports hold the GIL and would delay READY=1), or
+        after WARM_AFTER_S if a service is slow to come up."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WARM_AFTER_S):
+                await supervisor.ready.wait()
+        await models.warm()
+
+    background = [asyncio.create_task(warm(), name="models-warm"), asyncio.create_task(announce()),
                   asyncio.create_task(trim(), name="memory-trim")]
     if settings.supervisor.memory_guard:
         background.append(asyncio.create_task(guard.run(), name="memory-guard"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
+from appliance.supervisor.activation import Activation
 from appliance.supervisor.service import TaskService
 
 if TYPE_CHECKING:
@@ -16,14 +18,17 @@ if TYPE_CHECKING:
     from appliance.config import Settings
     from appliance.sip.service import SipService
 
+log = logging.getLogger(__name__)
+
 
 class SipTask(TaskService):
     """The phone and its registrations. New calls are routed to the flows while the stack is warm and the
     supervisor is not refusing; otherwise they get 503 with Retry-After."""
 
-    def __init__(self, settings: Settings, services: ApiServices) -> None:
+    def __init__(self, settings: Settings, services: ApiServices, activation: Activation | None = None) -> None:
         super().__init__("sip")
         self.settings, self.services = settings, services
+        self.activation = activation or Activation()
         self.sip: SipService | None = None
         self.router: FlowRouter | None = None
         self.refusing = False
@@ -34,19 +39,34 @@ class SipTask(TaskService):
         from appliance.sip.service import SipService
 
         self._stop.clear()
-        self.router = await asyncio.to_thread(self._make_router, self.settings)
-        self.sip = SipService(self.settings.sip, self._route)
+        self.sip = SipService(self.settings.sip, self._route, self._passed())
         await self.sip.start()
         self.services.sip = self.sip  # for GET /v1/sip/status
         self.set_ready()
         try:
+            # after listening (READY=1 comes sooner); the models are still warming, so no call is lost by it
+            self.router = await asyncio.to_thread(self._make_router, self.settings)
             await self._stop.wait()
         finally:
             self.services.sip = None
             await self.sip.stop()
-            for router in (*self._retired, self.router):
+            for router in (*self._retired, *([self.router] if self.router is not None else [])):
                 await router.aclose()
             self._retired.clear()
+            self.router = None
+
+    def _passed(self) -> tuple[Any, Any] | None:
+        """SIP's UDP and TCP sockets when systemd passed both (one without the other: bind both here)."""
+        host, port = self.settings.sip.host, self.settings.sip.port
+        udp, tcp = self.activation.datagram(host, port), self.activation.stream(host, port)
+        if udp is not None and tcp is not None:
+            return udp, tcp
+        for sock, kind in ((udp, "UDP"), (tcp, "TCP")):
+            if sock is not None:
+                log.warning("systemd passed SIP's %s socket on %s:%d but not the other: binding both here (add "
+                            "the other to appliance.socket)", kind, host, port)
+                sock.close()
+        return None
 
     def _make_router(self, settings: Settings) -> FlowRouter:
         from appliance.bot.routing import FlowRouter
@@ -61,7 +81,8 @@ class SipTask(TaskService):
 
         if self.refusing:
             raise NotReady("the appliance is stopping or short of memory")
-        assert self.router is not None
+        if self.router is None:
+            raise NotReady("the call flows are still loading")
         return self.router(info)
 
     async def shutdown(self) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
+from appliance.supervisor.activation import Activation
 from appliance.supervisor.service import TaskService
 
 if TYPE_CHECKING:
@@ -16,9 +18,10 @@ if TYPE_CHECKING:
 class WyomingTask(TaskService):
     """The Wyoming STT and TTS servers on the shared stack (one copy of the models for every service)."""
 
-    def __init__(self, settings: Settings, models: VoiceModels) -> None:
+    def __init__(self, settings: Settings, models: VoiceModels, activation: Activation | None = None) -> None:
         super().__init__("wyoming")
         self.settings, self.models = settings, models
+        self.activation = activation or Activation()
         self.servers: WyomingServers | None = None
         self._stop = asyncio.Event()
 
@@ -27,13 +30,23 @@ class WyomingTask(TaskService):
 
         conf = self.settings.wyoming
         self._stop.clear()
-        self.servers = WyomingServers(self.models.wait, conf.stt_uri, conf.tts_uri, conf.allow)
+        self.servers = WyomingServers(self.models.wait, conf.stt_uri, conf.tts_uri, conf.allow, self._passed())
         await self.servers.start()
         self.set_ready()
         try:
             await self._stop.wait()
         finally:
             await self.servers.stop()
+
+    def _passed(self) -> dict[str, Any]:
+        """The TCP URIs whose sockets systemd passed."""
+        out = {}
+        for uri in (self.settings.wyoming.stt_uri, self.settings.wyoming.tts_uri):
+            parts = urlparse(uri)
+            sock = self.activation.stream(parts.hostname or "", parts.port or 0) if parts.scheme == "tcp" else None
+            if sock is not None:
+                out[uri] = sock
+        return out
 
     async def shutdown(self) -> None:
         self._stop.set()

@@ -17,7 +17,7 @@ from typing import Protocol
 from appliance.sip.dialog import DialogId, new_branch, new_tag
 from appliance.sip.message import Request, Response, response_to
 from appliance.sip.transaction import ClientTransaction, ServerTransaction, Timers, _Transaction
-from appliance.sip.transport import Address, SipTransport, Source, response_destination
+from appliance.sip.transport import Address, Bound, SipTransport, Source, response_destination
 from appliance.sip.uri import SipUri, Via
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,12 @@ def local_ip_for(peer: str) -> str:
 
 class UserAgent:
     def __init__(self, host: str = "0.0.0.0", port: int = 5060, timers: Timers | None = None,
-                 user_agent: str = "edge-voice-appliance", advertise: str | None = None) -> None:
+                 user_agent: str = "edge-voice-appliance", advertise: str | None = None,
+                 sockets: Bound | None = None) -> None:
         self.timers = timers or Timers()
         self.user_agent = user_agent
         self.advertise = advertise
-        self.transport = SipTransport(self.on_message, host, port)
+        self.transport = SipTransport(self.on_message, host, port, sockets)
         self.handlers: dict[str, Handler] = {"OPTIONS": self._options}
         self.dialogs: dict[DialogId, DialogUser] = {}
         self._servers: dict[ServerKey, ServerTransaction] = {}

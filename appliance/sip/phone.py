@@ -26,7 +26,7 @@ from appliance.sip.outbound import new_request, send_authenticated
 from appliance.sip.sdp import SdpError, accept, answer, parse_sdp, render
 from appliance.sip.sdp import offer as sdp_offer
 from appliance.sip.transaction import ServerTransaction, Timers
-from appliance.sip.transport import Source
+from appliance.sip.transport import Bound, Source
 from appliance.sip.uri import Address, SipSyntaxError, SipUri
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,12 @@ class PhoneStats:
 
 
 class Phone:
-    def __init__(self, options: PhoneOptions, router: Router) -> None:
+    def __init__(self, options: PhoneOptions, router: Router, sockets: Bound | None = None) -> None:
+        """``sockets``: SIP's UDP and TCP sockets, already bound (socket activation); else it binds its own."""
         self.options = options
         self.router = router
-        self.agent = UserAgent(options.host, options.port, options.timers, advertise=options.advertise)
+        self.agent = UserAgent(options.host, options.port, options.timers, advertise=options.advertise,
+                               sockets=sockets)
         self.agent.handlers["INVITE"] = self._invite
         self.guard = CallerGuard(list(options.allow), dict(options.users))
         self.calls: dict[str, Call] = {}

@@ -10,6 +10,7 @@ from appliance.errors import ApplianceError
 from appliance.sip.digest import DigestClient
 from appliance.sip.outbound import Registration
 from appliance.sip.phone import Phone, PhoneOptions, Router
+from appliance.sip.transport import Bound
 
 
 def phone_options(settings: SipSettings) -> PhoneOptions:
@@ -30,9 +31,9 @@ def account_credentials(settings: SipSettings, name: str) -> tuple[str, DigestCl
 
 
 class SipService:
-    def __init__(self, settings: SipSettings, router: Router) -> None:
+    def __init__(self, settings: SipSettings, router: Router, sockets: Bound | None = None) -> None:
         self.settings = settings
-        self.phone = Phone(phone_options(settings), router)
+        self.phone = Phone(phone_options(settings), router, sockets)
         self.registrations = [
             Registration(self.phone.agent, a.name, a.registrar, a.user, a.password.get_secret_value(), a.auth_user,
                          a.transport, a.expires_s) for a in settings.accounts]

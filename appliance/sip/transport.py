@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from appliance.sip.uri import split_commas
 
 log = logging.getLogger(__name__)
 Address = tuple[str, int]
+Bound = tuple[socket.socket, socket.socket]  # a UDP socket and a listening TCP one, on the same address
 Handler = Callable[[Request | Response, "Source"], Awaitable[None]]
 
 
@@ -79,9 +81,12 @@ class _Udp(asyncio.DatagramProtocol):
 class SipTransport:
     """Listens on UDP and TCP at one address and hands every good message to ``handler``."""
 
-    def __init__(self, handler: Handler, host: str = "0.0.0.0", port: int = 5060) -> None:
+    def __init__(self, handler: Handler, host: str = "0.0.0.0", port: int = 5060,
+                 sockets: Bound | None = None) -> None:
+        """``sockets``: a UDP socket and a listening TCP socket already bound to host:port (socket activation)."""
         self.handler = handler
         self.host, self.port = host, port
+        self.sockets = sockets
         self.stats = Stats()
         self._udp: _Udp | None = None
         self._tcp: asyncio.Server | None = None
@@ -90,8 +95,12 @@ class SipTransport:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        udp, protocol = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, self.port))
-        self._udp = protocol
+        if self.sockets is not None:  # each is closed with its server: the caller passes duplicates
+            udp_sock, tcp_sock = self.sockets
+            udp, self._udp = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp_sock)
+            self._tcp = await asyncio.start_server(self._stream, sock=tcp_sock)
+            return
+        udp, self._udp = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, self.port))
         self.port = udp.get_extra_info("sockname")[1]  # port 0: the one the system chose
         self._tcp = await asyncio.start_server(self._stream, self.host, self.port)
 

@@ -81,9 +81,10 @@ class RestartTracker:
 
 
 class Service(ABC):
-    """One supervised unit. The supervisor calls start(), polls ready() until True (while alive()), then awaits
-    wait(), which returns a reason (or raises) when the service ended on its own. stop(grace_s) ends it and is
-    idempotent: the supervisor also calls it after a crash to release whatever is left."""
+    """One supervised unit. The supervisor calls start(), polls ready() until True (while alive(), with settle()
+    between probes), then awaits wait(), which returns a reason (or raises) when the service ended on its own.
+    stop(grace_s) ends it and is idempotent: the supervisor also calls it after a crash to release whatever is
+    left."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -102,6 +103,10 @@ class Service(ABC):
 
     @abstractmethod
     async def stop(self, grace_s: float) -> None: ...
+
+    async def settle(self, poll_s: float) -> None:
+        """Between two ready() probes: returns when the answer may have changed (by default, after poll_s)."""
+        await asyncio.sleep(poll_s)
 
     @property
     def pid(self) -> int | None:
@@ -157,6 +162,16 @@ class TaskService(Service):
 
     async def ready(self) -> bool:
         return self._ready.is_set()
+
+    async def settle(self, poll_s: float) -> None:
+        """Returns as soon as run() calls set_ready() or ends (no polling delay on the start-up path)."""
+        if self._task is None:
+            return await super().settle(poll_s)
+        ready = asyncio.ensure_future(self._ready.wait())
+        try:
+            await asyncio.wait({ready, self._task}, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
 
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()

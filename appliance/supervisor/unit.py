@@ -154,7 +154,7 @@ class Unit:
                 log.debug("%s readiness probe: %s", self.name, exc)
             if time.monotonic() > deadline:
                 return f"not ready within {self.policy.ready_timeout_s:g} s"
-            await asyncio.sleep(self.poll_s)
+            await svc.settle(self.poll_s)
         self.ready_since = time.monotonic()
         self._set(S.READY)
         return await self._ended()
