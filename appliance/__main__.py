@@ -1,5 +1,5 @@
 """`python -m appliance` runs the command line."""
 
-from appliance.cli.main import main
+from appliance.cli.entry import main
 
 main()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -129,7 +130,17 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
               only: Collection[str] | None = None) -> int:
     """Run until SIGTERM (0) or until every service failed (1). ``state_dir`` (`data_root()`: systemd's
     $STATE_DIRECTORY in the unit) holds status.json and, unless api.keys_file says otherwise, the API keys.
-    ``only`` names the services to run (default: those the settings enable)."""
+    ``only`` names the services to run (default: those the settings enable). The cyclic garbage collector is
+    paused until the services listen (see appliance.cli.entry), and on again whatever happens."""
+    gc.disable()
+    try:
+        return await _run(settings_path, state_dir, keys, options, notifier, only)
+    finally:
+        gc.enable()
+
+
+async def _run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None, options: SupervisorOptions | None,
+               notifier: Notifier | None, only: Collection[str] | None) -> int:
     from appliance.api.context import ApiServices
     from appliance.api.keys import KeyStore
     from appliance.config import load_settings
@@ -205,6 +216,7 @@ async def run(settings_path: Path | None, state_dir: Path, keys: KeyStore | None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(WARM_AFTER_S):
                 await supervisor.ready.wait()
+        gc.enable()  # paused by run()
         await models.warm()
 
     background = [asyncio.create_task(warm(), name="models-warm"), asyncio.create_task(announce()),
