@@ -202,3 +202,24 @@ async def _offer_sdp(kind: str = "audio") -> str:
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
+
+
+def test_the_receivers_buffer_passes_each_packet_on_as_it_arrives() -> None:
+    """ArrivalBuffer: the next packet in sequence is a frame at once (aiortc's own buffer waits for the one
+    after it); a duplicate or a packet older than one passed on is dropped; the 16-bit sequence wraps."""
+    from aiortc.rtp import RtpPacket
+
+    from appliance.webrtc.media import ArrivalBuffer
+
+    def packet(seq: int) -> RtpPacket:
+        p = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
+        p._data = bytes([seq % 256])  # type: ignore[attr-defined]  # what the receiver's depayloader sets
+        return p
+
+    buffer = ArrivalBuffer()
+    passed = []
+    for seq in (65533, 65534, 65534, 65535, 1, 0, 2, 65535, 3):  # a duplicate; 0 after 1 (reordered); an old one
+        _, frame = buffer.add(packet(seq))
+        passed.append(None if frame is None else (frame.timestamp // 960, frame.data))
+    assert passed == [(65533, b"\xfd"), (65534, b"\xfe"), None, (65535, b"\xff"), (1, b"\x01"), None, (2, b"\x02"),
+                      None, (3, b"\x03")]

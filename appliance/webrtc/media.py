@@ -9,8 +9,10 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
 
 from appliance.audio import ASR_RATE, AudioFrame, StreamResampler
 from appliance.audio.queue import PcmQueue
@@ -93,10 +95,37 @@ class SpeechTrack(PacedTrack):
         return self.queue.take(n)
 
 
+JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"  # aiortc (pinned) has no public setting for it
+
+
+class ArrivalBuffer(JitterBuffer):
+    """Each audio packet to the decoder as it arrives, for speech recognition (nothing is played out). aiortc's
+    buffer learns that a frame is complete only from the next packet, 20 ms later (plus its prefetch of four
+    frames); but an audio RTP packet is always one whole frame. A packet older than one already passed on (late
+    after reordering, or a duplicate) is dropped: 20 ms missing, where waiting for it would delay every packet."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None and not 0 < uint16_add(seq, -self._last) < 0x8000:
+            return False, None
+        self._last = seq
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
+def listen_on_arrival(receiver: Any) -> None:
+    """The appliance's receiver: packets to the speech recogniser as they arrive (`ArrivalBuffer`) instead of
+    80 ms later. Replaces aiortc's private buffer when it is there; does nothing otherwise."""
+    if isinstance(getattr(receiver, JITTER_BUFFER, None), JitterBuffer):
+        setattr(receiver, JITTER_BUFFER, ArrivalBuffer())
+
+
 def listen_without_jitter_delay(receiver: Any) -> None:
-    """Speech recognition wants packets as soon as they arrive, not smoothed for playout: aiortc's audio jitter
-    buffer holds four 20 ms frames (80 ms) before releasing one; one is enough here. aiortc (pinned) has no
-    public setting for it, so this replaces the private buffer when it is there and does nothing otherwise."""
-    name = "_RTCRtpReceiver__jitter_buffer"
-    if isinstance(getattr(receiver, name, None), JitterBuffer):
-        setattr(receiver, name, JitterBuffer(capacity=16, prefetch=1))
+    """A measuring client that plays out as a browser does on a clean link: aiortc's audio jitter buffer holds
+    four 20 ms frames (80 ms) before releasing one; one is enough. Replaces aiortc's private buffer when it is
+    there; does nothing otherwise."""
+    if isinstance(getattr(receiver, JITTER_BUFFER, None), JitterBuffer):
+        setattr(receiver, JITTER_BUFFER, JitterBuffer(capacity=16, prefetch=1))

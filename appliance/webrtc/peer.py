@@ -24,7 +24,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from appliance.errors import ApplianceError
 from appliance.sessions import EventRelay, SessionSpec, open_conversation
 from appliance.voice.stack import VoiceStack
-from appliance.webrtc.media import OUT_RATE, InboundAudio, SpeechTrack, listen_without_jitter_delay
+from appliance.webrtc.media import OUT_RATE, InboundAudio, SpeechTrack, listen_on_arrival
 
 MAX_SDP_BYTES = 64_000
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class WebRtcSession:
         if not audio:
             raise SdpError("the SDP offer has no audio media section; offer the microphone (audio, sendrecv)")
         for transceiver in audio:
-            listen_without_jitter_delay(transceiver.receiver)
+            listen_on_arrival(transceiver.receiver)
         self.pc.addTrack(self.speech)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription
