@@ -65,6 +65,7 @@ class Endpointer:
         self._state = "silence"
         self._run = 0  # samples of consecutive speech (in silence) or silence (in a pause)
         self._start_sample = 0
+        self.probability = 0.0  # the VAD's speech probability of the last whole window
 
     @property
     def in_speech(self) -> bool:
@@ -88,6 +89,7 @@ class Endpointer:
         window = self.vad.window
         for p in probs:  # each probability is for the next whole window of the stream
             self._windows_done += 1
+            self.probability = float(p)
             events += self._step(p, self._windows_done * window, window)
         if self._state == "silence":
             self._trim(int(self.options.pre_roll_ms * SAMPLE_RATE / 1000))

@@ -1,7 +1,8 @@
 """One speaker's stream: endpointing, partial transcripts committed by local agreement, speculative finals.
 
 Partials: every `partial_interval_s` of new speech the utterance so far is transcribed; the words two
-consecutive hypotheses agree on are committed (LocalAgreement-2) and never taken back. Final: started at
+consecutive hypotheses agree on are committed (LocalAgreement-2) and never taken back; a pass starts only while
+the voice is steady, not as it trails off (the final would queue behind it). Final: started at
 the first silent window (SpeechPaused) so that decoding overlaps the hangover, discarded if speech resumes,
 and delivered when the hangover ends the turn.
 
@@ -28,6 +29,7 @@ from appliance.voice.scheduler import AsrScheduler
 from appliance.voice.vad import SAMPLE_RATE
 
 _ids = itertools.count(1)
+STEADY_SPEECH = 0.8  # a partial pass starts only while the last VAD window is at least this sure of speech
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,10 @@ class Listener:
             idle = self._partial_task is None or self._partial_task.done()
             # A slow model gets fewer partials, so that a final never queues behind many of them.
             interval = max(self.partial_interval_s, 2 * self._partial_cost)
-            if idle and position - self._last_partial_at >= interval:
+            # Only while the speaker is clearly talking: a pass started as the voice trails off would still be
+            # running when the pause comes, and the final would wait for it (a decode cannot be stopped).
+            steady = self.endpointer.probability >= STEADY_SPEECH
+            if idle and steady and position - self._last_partial_at >= interval:
                 self._last_partial_at = position
                 self._partial_task = asyncio.create_task(self._partial_pass(
                     self._utterance, self._joined(self.endpointer.utterance()), position))
