@@ -38,7 +38,8 @@ sip.settimeout(30)
 sip.bind(("127.0.0.1", 0))
 sip.sendto(b"OPTIONS sip:probe@127.0.0.1 SIP/2.0\\r\\nVia: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-probe\\r\\n"
            b"Max-Forwards: 70\\r\\nFrom: <sip:probe@127.0.0.1>;tag=p\\r\\nTo: <sip:probe@127.0.0.1>\\r\\n"
-           b"Call-ID: probe\\r\\nCSeq: 1 OPTIONS\\r\\nContent-Length: 0\\r\\n\\r\\n" % sip.getsockname()[1], ("127.0.0.1", 5060))
+           b"Call-ID: probe\\r\\nCSeq: 1 OPTIONS\\r\\nContent-Length: 0\\r\\n\\r\\n" % sip.getsockname()[1],
+           ("127.0.0.1", 5060))
 print(sip.recv(2000).split(b"\\r\\n")[0].decode(), round(time.monotonic() - t, 2))
 print(api.recv(200).split(b"\\r\\n")[0].decode(), round(time.monotonic() - t, 2))
 """
