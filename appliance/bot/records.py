@@ -227,7 +227,8 @@ class CallStore:
         if self.retention_days is not None:
             cutoff = now - timedelta(days=self.retention_days)
             doomed += [d for started, d in calls if started < cutoff]
-        kept = [d for _, d in calls if d not in doomed]
+        gone = set(doomed)  # a list lookup here made a retention pass over many old calls quadratic
+        kept = [d for _, d in calls if d not in gone]
         if self.max_records is not None and len(kept) > self.max_records:
             # A directory without its record is a call in progress: never pruned for count.
             finished = [d for d in kept if (d / RECORD_FILE).exists()]
