@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from appliance.calls import CallAppFactory, CallInfo
     from appliance.config import Settings
     from appliance.sip.service import SipService
+    from appliance.sip.transport import Bound
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class SipTask(TaskService):
             self._retired.clear()
             self.router = None
 
-    def _passed(self) -> tuple[Any, Any] | None:
+    def _passed(self) -> Bound | None:
         """SIP's UDP and TCP sockets when systemd passed both (one without the other: bind both here)."""
         host, port = self.settings.sip.host, self.settings.sip.port
         udp, tcp = self.activation.datagram(host, port), self.activation.stream(host, port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -38,7 +39,7 @@ class WyomingTask(TaskService):
         finally:
             await self.servers.stop()
 
-    def _passed(self) -> dict[str, Any]:
+    def _passed(self) -> dict[str, socket.socket]:
         """The TCP URIs whose sockets systemd passed."""
         out = {}
         for uri in (self.settings.wyoming.stt_uri, self.settings.wyoming.tts_uri):
